@@ -1,0 +1,84 @@
+# lusidauth - build, test, demo. Everything is overridable: make LUA_VERSION=5.1 CC=clang ...
+LUA_VERSION ?= 5.4
+PKG_CONFIG  ?= pkg-config
+CC          ?= cc
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BUILD       ?= build/$(LUA_VERSION)
+
+ifeq ($(LUA_VERSION),jit)
+  LUA_PC    ?= luajit
+  LUA       ?= luajit
+  LUA_ABI   := 5.1
+else
+  LUA_PC    ?= lua$(LUA_VERSION)
+  LUA       ?= lua$(LUA_VERSION)
+  LUA_ABI   := $(LUA_VERSION)
+endif
+
+LUA_CFLAGS  := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+CURL_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
+CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
+
+WARN     = -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-qual -Wstrict-prototypes \
+           -Wmissing-prototypes -Wdeclaration-after-statement -Wformat=2
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_CFLAGS) $(CURL_CFLAGS) $(CFLAGS)
+LDFLAGS ?=
+LIBFLAG ?= -shared
+
+INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
+INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
+INSTALL_BIN  ?= $(PREFIX)/bin
+
+SRCS = csrc/core.c csrc/client.c csrc/flow.c csrc/cache.c csrc/http.c csrc/response.c \
+       csrc/secret.c csrc/form.c csrc/error.c
+OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
+HDRS = $(wildcard csrc/*.h)
+MODULE = $(BUILD)/lusidauth/core.so
+
+.PHONY: all deps test check demo install uninstall clean clean-build lint
+
+all: $(MODULE)
+
+$(BUILD)/%.o: csrc/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(MODULE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS) -lpthread
+
+# Installs the Debian packages the build, the tests and the demo need (prints what it does).
+deps:
+	@sh tools/deps.sh
+
+# Every Lua version, then the summary line. One version: make check LUA_VERSION=5.1
+test: deps
+	@sh tools/test.sh
+
+check: $(MODULE)
+	@sh tools/test.sh --lua $(LUA_VERSION)
+
+demo: deps $(MODULE)
+	@sh tools/demo.sh $(LUA_VERSION)
+
+lint:
+	luacheck lua spec examples bin
+
+install: $(MODULE)
+	install -d $(DESTDIR)$(INSTALL_CMOD)/lusidauth $(DESTDIR)$(INSTALL_LMOD)/lusidauth
+	install -m 0755 $(MODULE) $(DESTDIR)$(INSTALL_CMOD)/lusidauth/core.so
+	install -m 0644 lua/lusidauth/*.lua $(DESTDIR)$(INSTALL_LMOD)/lusidauth/
+
+uninstall:
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/lusidauth/core.so
+	rm -f $(addprefix $(DESTDIR)$(INSTALL_LMOD)/lusidauth/,$(notdir $(wildcard lua/lusidauth/*.lua)))
+
+clean:
+	rm -rf build
+
+# A from-scratch build of one version (CI builds each with -Werror).
+clean-build:
+	rm -rf $(BUILD)
+	$(MAKE) LUA_VERSION=$(LUA_VERSION) all

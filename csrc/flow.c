@@ -1,0 +1,253 @@
+/* flow.c - the token flow as a state machine with no I/O in it.
+ * Given the cache entry, the clock and the last response, it answers with the next action:
+ * use the token, send a request for some grant, wait, or fail. A transport (http.c from C,
+ * lusidauth.resty from Lua) performs the requests, so every transport shares every decision. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lusidauth.h"
+
+#define LA_DEFAULT_SCOPE "openid client groups offline_access"
+#define LA_BACKOFF_MAX 60.0 /* seconds between attempts while a stale token is served */
+
+static const char *const grant_names[] = {"password", "refresh_token", "client_credentials", "pat"};
+
+const char *la_grant_name(int grant) {
+  return grant >= 0 && grant <= LA_GRANT_PAT ? grant_names[grant] : "unknown";
+}
+
+static la_action act(int kind, int grant) {
+  la_action a;
+  a.kind = kind;
+  a.grant = grant;
+  a.wait = 0;
+  return a;
+}
+
+static la_action send_grant(la_flow *f, int grant) {
+  f->sent = grant;
+  return act(LA_ACT_SEND, grant);
+}
+
+static la_action fail_config(la_flow *f, const char *msg) {
+  la_error_set(&f->err, LA_ERR_CONFIG, 0, "%s", msg);
+  return act(LA_ACT_FAIL, 0);
+}
+
+/* The grant that gets a first token: the stored refresh token if there is one. */
+static la_action obtain(la_flow *f, const la_creds *c, const la_entry *e) {
+  if (e->refresh.p != NULL) return send_grant(f, LA_GRANT_REFRESH);
+  if (c->grant == LA_GRANT_REFRESH)
+    return fail_config(f, "no refresh token: the client's refresh token was rejected or never "
+                          "issued; supply a new one or use a password client");
+  return send_grant(f, c->grant);
+}
+
+la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now) {
+  int state = la_entry_state(e, now);
+  memset(f, 0, sizeof *f);
+  la_error_reset(&f->err);
+  f->mode = mode;
+  switch (mode) {
+  case LA_MODE_LOGIN:
+    if (c->grant == LA_GRANT_REFRESH) return obtain(f, c, e);
+    return send_grant(f, c->grant);
+  case LA_MODE_REFRESH:
+    if (e->refresh.p == NULL)
+      return fail_config(f, "no refresh token to refresh with: log in first, with a scope that "
+                            "includes offline_access");
+    return send_grant(f, LA_GRANT_REFRESH);
+  default:
+    if (state == LA_FRESH) return act(LA_ACT_USE, 0);
+    /* stale and backing off after a failed refresh: keep serving the valid token */
+    if (state == LA_STALE && now < e->retry_at) return act(LA_ACT_USE, 0);
+    return obtain(f, c, e);
+  }
+}
+
+/* Builds the form body and, for grants that use it, the HTTP Basic header. 0, or -1 (memory). */
+int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *body, la_buf *auth) {
+  const char *scope = c->scope;
+  int rc = 0;
+  switch (grant) {
+  case LA_GRANT_PASSWORD:
+    if (scope == NULL) scope = LA_DEFAULT_SCOPE;
+    rc |= la_form_add(body, "grant_type", "password", 8);
+    rc |= la_form_add(body, "username", c->username, strlen(c->username));
+    rc |= la_form_add(body, "password", c->password.p, c->password.n);
+    rc |= la_form_add(body, "scope", scope, strlen(scope));
+    rc |= la_form_add(body, "client_id", c->client_id, strlen(c->client_id));
+    rc |= la_form_add(body, "client_secret", c->client_secret.p, c->client_secret.n);
+    return rc ? -1 : 0;
+  case LA_GRANT_REFRESH:
+    rc |= la_form_add(body, "grant_type", "refresh_token", 13);
+    rc |= la_form_add(body, "refresh_token", e->refresh.p, e->refresh.n);
+    break;
+  default:
+    rc |= la_form_add(body, "grant_type", "client_credentials", 18);
+    if (scope != NULL) rc |= la_form_add(body, "scope", scope, strlen(scope));
+    break;
+  }
+  rc |= la_basic_auth(auth, c->client_id, strlen(c->client_id), c->client_secret.p,
+                      c->client_secret.n);
+  return rc ? -1 : 0;
+}
+
+/* Copies a server-supplied string for an error: one line, printable, secrets redacted. */
+static void copy_text(char *dst, size_t cap, const la_field *fl, const la_creds *c,
+                      const la_entry *e) {
+  size_t i, n;
+  const la_secret *secrets[4];
+  la_buf enc = {NULL, 0, 0};
+  if (fl->type != LA_F_STRING) {
+    dst[0] = '\0';
+    return;
+  }
+  n = fl->n < cap - 1 ? fl->n : cap - 1;
+  for (i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)fl->p[i];
+    dst[i] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+  }
+  dst[n] = '\0';
+  /* servers sometimes echo the request: take out every secret, raw and form-encoded */
+  secrets[0] = &c->password;
+  secrets[1] = &c->client_secret;
+  secrets[2] = &e->refresh;
+  secrets[3] = &e->access;
+  for (i = 0; i < 4; i++) {
+    if (secrets[i]->p == NULL) continue;
+    la_redact(dst, cap, secrets[i]->p, secrets[i]->n);
+    enc.n = 0;
+    if (la_urlencode(&enc, secrets[i]->p, secrets[i]->n) == 0 && enc.n != secrets[i]->n)
+      la_redact(dst, cap, enc.p, enc.n);
+  }
+  la_buf_free(&enc);
+}
+
+/* After a failure: while the cached token is still valid, serve it and back off. */
+static la_action failed(la_flow *f, la_entry *e, int64_t now) {
+  if (f->mode == LA_MODE_TOKEN && la_entry_state(e, now) == LA_STALE) {
+    double wait = ldexp(1.0, e->failures < 6 ? e->failures : 6);
+    if (f->err.retry_after > wait) wait = f->err.retry_after;
+    if (wait > LA_BACKOFF_MAX) wait = LA_BACKOFF_MAX;
+    e->failures++;
+    e->retry_at = now + (int64_t)(wait * 1e9);
+    return act(LA_ACT_USE, 0);
+  }
+  return act(LA_ACT_FAIL, 0);
+}
+
+static int is_str(const la_field *fl, const char *s) {
+  return fl->type == LA_F_STRING && fl->n == strlen(s) && memcmp(fl->p, s, fl->n) == 0;
+}
+
+/* expires_in as a number of seconds, or -1 when it is unusable. Accepts a numeric string. */
+static double expires_seconds(const la_field *fl) {
+  double v;
+  char buf[64], *end;
+  if (fl->type == LA_F_ABSENT) return LA_DEFAULT_EXPIRES_IN;
+  if (fl->type == LA_F_NUMBER) {
+    v = fl->num;
+  } else if (fl->type == LA_F_STRING && fl->n > 0 && fl->n < sizeof buf) {
+    memcpy(buf, fl->p, fl->n);
+    buf[fl->n] = '\0';
+    v = strtod(buf, &end);
+    if (*end != '\0') return -1;
+  } else {
+    return -1;
+  }
+  if (!(v > 0) || !isfinite(v)) return -1;
+  return v > LA_MAX_EXPIRES_IN ? LA_MAX_EXPIRES_IN : v;
+}
+
+static la_action protocol(la_flow *f, const la_response *r, const char *what) {
+  la_error_set(&f->err, LA_ERR_PROTOCOL, 0, "token response (%s grant, HTTP %ld): %s",
+               la_grant_name(f->sent), r->status, what);
+  f->err.status = r->status;
+  return act(LA_ACT_FAIL, 0);
+}
+
+static la_action success(la_flow *f, const la_creds *c, la_entry *e, const la_response *r,
+                         int64_t sent_at, int64_t now) {
+  const la_field *at = &r->access_token, *tt = &r->token_type, *rt = &r->refresh_token;
+  double expires;
+  if (r->body_problem != NULL) return protocol(f, r, r->body_problem);
+  if (at->type == LA_F_ABSENT) return protocol(f, r, "no access_token");
+  if (at->type != LA_F_STRING) return protocol(f, r, "access_token is not a string");
+  if (at->n == 0) return protocol(f, r, "access_token is empty");
+  if (at->n > LA_TOKEN_MAX) return protocol(f, r, "access_token is too long");
+  if (!la_header_safe(at->p, at->n))
+    return protocol(f, r, "access_token contains a space or control character");
+  if (tt->type != LA_F_ABSENT && !(tt->type == LA_F_STRING && tt->n == 6 &&
+                                   strncasecmp(tt->p, "bearer", 6) == 0))
+    return protocol(f, r, "token_type is not Bearer");
+  expires = expires_seconds(&r->expires_in);
+  if (expires < 0) return protocol(f, r, "expires_in is not a positive number of seconds");
+  if (rt->type != LA_F_ABSENT) {
+    if (rt->type != LA_F_STRING || rt->n > LA_TOKEN_MAX || !la_header_safe(rt->p, rt->n))
+      return protocol(f, r, "refresh_token is not a usable string");
+  }
+  if (la_entry_store(e, at->p, at->n, expires, sent_at, c->refresh_skew) != 0)
+    return fail_config(f, "out of memory storing the token");
+  /* a new refresh token replaces the old one (Okta rotates them); none keeps the old one */
+  if (rt->type == LA_F_STRING && !(e->refresh.p && e->refresh.n == rt->n &&
+                                   memcmp(e->refresh.p, rt->p, rt->n) == 0)) {
+    if (la_secret_set(&e->refresh, rt->p, rt->n) != 0)
+      return fail_config(f, "out of memory storing the refresh token");
+    f->rotated = 1;
+  }
+  (void)now;
+  return act(LA_ACT_USE, 0);
+}
+
+la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e, const la_response *r,
+                           int64_t sent_at, int64_t now) {
+  int has_code = r->body_problem == NULL && r->error.type == LA_F_STRING && r->error.n > 0;
+  f->rotated = 0;
+  f->attempts++;
+  la_error_reset(&f->err);
+  if (r->transport.kind != LA_ERR_NONE) {
+    f->err = r->transport;
+    return failed(f, e, now);
+  }
+  if (r->status >= 200 && r->status < 300 && !has_code) return success(f, c, e, r, sent_at, now);
+
+  f->err.status = r->status;
+  f->err.retry_after = r->retry_after;
+  copy_text(f->err.error, sizeof f->err.error, &r->error, c, e);
+  copy_text(f->err.description, sizeof f->err.description, &r->error_description, c, e);
+  copy_text(f->err.uri, sizeof f->err.uri, &r->error_uri, c, e);
+
+  if (has_code && r->status < 500 && r->status != 429) {
+    /* RFC 6749 error: permanent */
+    f->err.kind = LA_ERR_OAUTH;
+    f->err.retryable = 0;
+    la_error_set(&f->err, LA_ERR_OAUTH, 0, "token request (%s grant) rejected, HTTP %ld: %s%s%s",
+                 la_grant_name(f->sent), r->status, f->err.error,
+                 f->err.description[0] ? ": " : "", f->err.description);
+    if (f->sent == LA_GRANT_REFRESH && is_str(&r->error, "invalid_grant")) {
+      la_secret_clear(&e->refresh); /* dead: never send it again */
+      /* exactly one password login, and never a second password grant after invalid_grant */
+      if (c->grant == LA_GRANT_PASSWORD && c->password.p != NULL && !f->fallback_used) {
+        f->fallback_used = 1;
+        return send_grant(f, LA_GRANT_PASSWORD);
+      }
+    }
+    return failed(f, e, now);
+  }
+  if (r->status >= 300 && r->status < 400) {
+    la_error_set(&f->err, LA_ERR_HTTP, 0,
+                 "token request (%s grant): HTTP %ld redirect not followed (redirects could "
+                 "carry credentials elsewhere); check token_url",
+                 la_grant_name(f->sent), r->status);
+    return failed(f, e, now);
+  }
+  /* 429, 5xx, a 4xx without an error code, or an odd status: transient */
+  la_error_set(&f->err, LA_ERR_HTTP, r->status == 429 || r->status >= 500 ||
+                                         (r->status >= 400 && r->status < 500),
+               "token request (%s grant) failed: HTTP %ld%s%s", la_grant_name(f->sent),
+               r->status, f->err.error[0] ? " " : "", f->err.error);
+  return failed(f, e, now);
+}

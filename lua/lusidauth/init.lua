@@ -1,0 +1,82 @@
+-- lusidauth: OAuth 2.0 tokens for the LUSID API (Okta password, refresh-token and
+-- client-credentials grants, or a personal access token), cached in C.
+local core = require "lusidauth.core"
+
+local M = {
+  _VERSION = core._VERSION,
+  core = core,
+}
+
+-- Constructor errors are raised at the caller's line, with the message the core gives.
+local function build(grant, opts)
+  local ok, client = pcall(core.new, grant, opts)
+  if not ok then error(client, 3) end
+  return client
+end
+
+local function check_opts(fname, opts)
+  if type(opts) ~= "table" then
+    error(("lusidauth.%s: expected an options table, got %s"):format(fname, type(opts)), 3)
+  end
+end
+
+--- The grant new() infers: a PAT, a stored refresh token, a password login, or client credentials.
+function M.infer_grant(opts)
+  if opts.access_token ~= nil then return "pat" end
+  if opts.refresh_token ~= nil and opts.password == nil then return "refresh_token" end
+  if opts.username ~= nil or opts.password ~= nil then return "password" end
+  return "client_credentials"
+end
+
+function M.new(opts)
+  check_opts("new", opts)
+  return build(M.infer_grant(opts), opts)
+end
+
+function M.new_password(opts)
+  check_opts("new_password", opts)
+  return build("password", opts)
+end
+
+function M.new_refresh_token(opts)
+  check_opts("new_refresh_token", opts)
+  return build("refresh_token", opts)
+end
+
+function M.new_client_credentials(opts)
+  check_opts("new_client_credentials", opts)
+  return build("client_credentials", opts)
+end
+
+-- new_pat("token") or new_pat{ access_token = "token", ... }
+function M.new_pat(token_or_opts)
+  local opts = token_or_opts
+  if type(opts) == "string" then
+    opts = { access_token = opts }
+  elseif type(opts) ~= "table" then
+    error("lusidauth.new_pat: expected a token string or an options table, got " .. type(opts), 2)
+  end
+  return build("pat", opts)
+end
+
+--- Whether v is an error object returned by lusidauth.
+function M.is_error(v)
+  return type(v) == "table" and getmetatable(v) ~= nil and getmetatable(v) == core.error_mt
+end
+
+-- c:headers([extra]) --> { Authorization = "Bearer …", … } | nil, err
+function core.methods.headers(self, extra)
+  if extra ~= nil and type(extra) ~= "table" then
+    error("lusidauth: headers(extra) expects a table, got " .. type(extra), 2)
+  end
+  local token, err = self:token()
+  if not token then return nil, err end
+  local h = {}
+  if extra then
+    for k, v in pairs(extra) do h[k] = v end
+  end
+  h.Authorization = "Bearer " .. token
+  return h
+end
+
+return M

@@ -1,0 +1,43 @@
+rockspec_format = "3.0"
+package = "lusidauth"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/lusidauth.git",
+}
+description = {
+  summary = "OAuth 2.0 tokens for the LUSID API, from Lua",
+  detailed = [[
+    lusidauth logs in to the Okta token endpoint in front of LUSID (password, refresh-token and
+    client-credentials grants) or uses a personal access token, caches the token in C with a
+    monotonic expiry, refreshes it before it expires, and builds the Authorization header.
+    A C extension over libcurl; JSON through lua-cjson.
+  ]],
+  license = "MIT",
+  labels = { "oauth2", "okta", "lusid", "authentication" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["lusidauth"] = "lua/lusidauth/init.lua",
+    ["lusidauth.core"] = {
+      sources = {
+        "csrc/core.c", "csrc/client.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
+        "csrc/response.c", "csrc/secret.c", "csrc/form.c", "csrc/error.c",
+      },
+      libraries = { "curl", "pthread" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+  },
+}
+test = {
+  type = "command",
+  command = "make check",
+}
