@@ -37,7 +37,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
 
-.PHONY: all deps test check demo install uninstall clean clean-build lint
+.PHONY: all deps test check demo install uninstall clean clean-build lint rock
 
 all: $(MODULE)
 
@@ -64,7 +64,7 @@ demo: deps $(MODULE)
 	@sh tools/demo.sh $(LUA_VERSION)
 
 lint:
-	luacheck lua spec examples bin
+	luacheck lua spec examples $(wildcard bin/*)
 
 install: $(MODULE)
 	install -d $(DESTDIR)$(INSTALL_CMOD)/lusidauth $(DESTDIR)$(INSTALL_LMOD)/lusidauth
@@ -82,3 +82,8 @@ clean:
 clean-build:
 	rm -rf $(BUILD)
 	$(MAKE) LUA_VERSION=$(LUA_VERSION) all
+
+# The rockspec, built and installed by Debian's luarocks into build/rocks, offline. lua-cjson comes
+# from Debian (lua-cjson), which luarocks cannot see, hence --deps-mode=none.
+rock:
+	luarocks --lua-version=$(LUA_ABI) --tree=build/rocks make --deps-mode=none lusidauth-scm-1.rockspec

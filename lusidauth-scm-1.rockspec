@@ -20,7 +20,9 @@ dependencies = {
   "lua-cjson",
 }
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  -- library only: Debian keeps curl/curl.h under a multiarch include dir that luarocks 3.8
+  -- does not search (the compiler does), so a header check would fail there.
+  CURL = { library = "curl" },
 }
 build = {
   type = "builtin",

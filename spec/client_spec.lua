@@ -421,7 +421,9 @@ describe("errors", function()
   before_each(function() okta.reset() end)
 
   it("are tables with kind, message, status and retryable, with __tostring and __concat", function()
-    okta.script { { status = 503, body = "<html><body>Service Unavailable</body></html>", headers = { ["Retry-After"] = "7" } } }
+    okta.script { {
+      status = 503, body = "<html><body>Service Unavailable</body></html>", headers = { ["Retry-After"] = "7" },
+    } }
     local c = lusidauth.new_client_credentials(F.cc_opts())
     local t, err = c:token()
     assert.is_nil(t)
@@ -473,7 +475,9 @@ describe("https", function()
   before_each(function() okta.reset() end)
 
   it("works with the test CA in ca_file", function()
-    local c = lusidauth.new_password(F.password_opts { token_url = okta.token_url("https"), ca_file = os.getenv("LUSIDAUTH_TEST_CA") })
+    local c = lusidauth.new_password(F.password_opts {
+      token_url = okta.token_url("https"), ca_file = os.getenv("LUSIDAUTH_TEST_CA"),
+    })
     local t = c:token()
     assert.is_string(t)
     assert.is_true(okta.validate(t).valid)

@@ -30,22 +30,26 @@ end
 
 function M.new(opts)
   check_opts("new", opts)
-  return build(M.infer_grant(opts), opts)
+  local client = build(M.infer_grant(opts), opts)
+  return client -- not a tail call: the error level counts this frame
 end
 
 function M.new_password(opts)
   check_opts("new_password", opts)
-  return build("password", opts)
+  local client = build("password", opts)
+  return client -- not a tail call: the error level counts this frame
 end
 
 function M.new_refresh_token(opts)
   check_opts("new_refresh_token", opts)
-  return build("refresh_token", opts)
+  local client = build("refresh_token", opts)
+  return client -- not a tail call: the error level counts this frame
 end
 
 function M.new_client_credentials(opts)
   check_opts("new_client_credentials", opts)
-  return build("client_credentials", opts)
+  local client = build("client_credentials", opts)
+  return client -- not a tail call: the error level counts this frame
 end
 
 -- new_pat("token") or new_pat{ access_token = "token", ... }
@@ -56,7 +60,8 @@ function M.new_pat(token_or_opts)
   elseif type(opts) ~= "table" then
     error("lusidauth.new_pat: expected a token string or an options table, got " .. type(opts), 2)
   end
-  return build("pat", opts)
+  local client = build("pat", opts)
+  return client -- not a tail call: the error level counts this frame
 end
 
 --- Whether v is an error object returned by lusidauth.
