@@ -70,9 +70,12 @@ install: $(MODULE)
 	install -d $(DESTDIR)$(INSTALL_CMOD)/lusidauth $(DESTDIR)$(INSTALL_LMOD)/lusidauth
 	install -m 0755 $(MODULE) $(DESTDIR)$(INSTALL_CMOD)/lusidauth/core.so
 	install -m 0644 lua/lusidauth/*.lua $(DESTDIR)$(INSTALL_LMOD)/lusidauth/
+	install -d $(DESTDIR)$(INSTALL_BIN)
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/lusidauth > $(DESTDIR)$(INSTALL_BIN)/lusidauth
+	chmod 0755 $(DESTDIR)$(INSTALL_BIN)/lusidauth
 
 uninstall:
-	rm -f $(DESTDIR)$(INSTALL_CMOD)/lusidauth/core.so
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/lusidauth/core.so $(DESTDIR)$(INSTALL_BIN)/lusidauth
 	rm -f $(addprefix $(DESTDIR)$(INSTALL_LMOD)/lusidauth/,$(notdir $(wildcard lua/lusidauth/*.lua)))
 
 clean:

@@ -28,6 +28,9 @@ build = {
   type = "builtin",
   modules = {
     ["lusidauth"] = "lua/lusidauth/init.lua",
+    ["lusidauth.config"] = "lua/lusidauth/config.lua",
+    ["lusidauth.headers"] = "lua/lusidauth/headers.lua",
+    ["lusidauth.request"] = "lua/lusidauth/request.lua",
     ["lusidauth.core"] = {
       sources = {
         "csrc/core.c", "csrc/client.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
@@ -39,6 +42,7 @@ build = {
     },
   },
 }
+build.install = { bin = { lusidauth = "bin/lusidauth" } }
 test = {
   type = "command",
   command = "make check",

@@ -1,6 +1,7 @@
 /* client.c - the lusidauth.client userdata: options, methods, __gc/__close/__tostring, and the
  * blocking driver that runs the flow (flow.c) over the libcurl transport (http.c). */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +13,15 @@
 #include "response.h"
 
 /* Slots of the client's uservalue table. */
-enum { UV_HOOK = 1, UV_TOKEN = 2, UV_INFO = 3 };
+enum { UV_HOOK = 1, UV_TOKEN = 2, UV_INFO = 3, UV_LOG = 4 };
+
+#define LA_API_BODY_CAP (64 * 1024 * 1024) /* largest LUSID API response accepted */
 
 typedef struct la_client {
   int closed;
   int has_hook;
+  int has_log;
+  int insecure_http;
   la_creds creds;
   la_http_opts http;
   la_entry entry;
@@ -31,6 +36,7 @@ static void scratch_free(la_client *c) {
   la_buf_free(&c->form);
   la_buf_free(&c->auth);
   la_buf_free(&c->res.body);
+  la_buf_free(&c->res.headers);
 }
 
 static void client_release(la_client *c) {
@@ -65,7 +71,8 @@ static const char *const known_options[] = {
     "token_url", "client_id", "client_secret", "username", "password", "refresh_token",
     "access_token", "scope", "refresh_skew", "timeout", "connect_timeout", "retries", "proxy",
     "proxy_username", "proxy_password", "ca_file", "ca_path", "insecure_http", "user_agent",
-    "app_name", "api_url", "on_refresh_token", "shared", NULL};
+    "app_name", "api_url", "on_refresh_token", "shared", "correlation_id", "read_timeout", "log", "max_retry_wait", "retry_base",
+    "deadline", NULL};
 
 static void check_known(lua_State *L, int opts) {
   lua_pushnil(L);
@@ -200,12 +207,16 @@ static void read_options(lua_State *L, la_client *c, int grant, int opts) {
   check_known(L, opts);
   for (i = 0; needs[grant][i] != NULL; i++) require_opt(L, opts, grant, needs[grant][i]);
   c->creds.grant = grant;
-  insecure = opt_bool(L, opts, "insecure_http", 0);
+  insecure = c->insecure_http = opt_bool(L, opts, "insecure_http", 0);
   (void)opt_bool(L, opts, "shared", 1);
   c->creds.refresh_skew = opt_num(L, opts, "refresh_skew", 60, 0, 86400);
   c->creds.retries = (int)opt_num(L, opts, "retries", 3, 0, 100);
+  c->creds.retry_base = opt_num(L, opts, "retry_base", 0.5, 0, 60);
+  c->creds.max_retry_wait = opt_num(L, opts, "max_retry_wait", 30, 0, 3600);
+  c->creds.deadline = opt_num(L, opts, "deadline", 60, 0.001, 86400);
   c->http.timeout = opt_num(L, opts, "timeout", 30, 0.001, 3600);
   c->http.connect_timeout = opt_num(L, opts, "connect_timeout", 10, 0.001, 3600);
+  c->http.read_timeout = opt_num(L, opts, "read_timeout", 0, 0, 3600);
 
   if (grant == LA_GRANT_PAT) {
     s = opt_str(L, opts, "access_token", &n);
@@ -252,6 +263,11 @@ static void read_options(lua_State *L, la_client *c, int grant, int opts) {
                luaL_typename(L, -1));
   c->has_hook = lua_isfunction(L, -1);
   lua_rawseti(L, -2, UV_HOOK);
+  lua_getfield(L, opts, "log");
+  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
+    luaL_error(L, "lusidauth: option 'log' must be a function, not a %s", luaL_typename(L, -1));
+  c->has_log = lua_isfunction(L, -1);
+  lua_rawseti(L, -2, UV_LOG);
   lua_createtable(L, 0, 3);
   lua_pushstring(L, la_grant_name(grant));
   lua_setfield(L, -2, "grant");
@@ -262,6 +278,10 @@ static void read_options(lua_State *L, la_client *c, int grant, int opts) {
   if ((s = opt_str(L, opts, "api_url", NULL)) != NULL) {
     lua_pushstring(L, s);
     lua_setfield(L, -2, "api_url");
+  }
+  if ((s = opt_str(L, opts, "correlation_id", NULL)) != NULL) {
+    lua_pushstring(L, s);
+    lua_setfield(L, -2, "correlation_id");
   }
   lua_rawseti(L, -2, UV_INFO);
   lua_pop(L, 1);
@@ -280,7 +300,7 @@ static int client_new(lua_State *L) {
   c->closed = 1; /* until fully built: nothing may use it */
   luaL_getmetatable(L, LA_CLIENT_MT);
   lua_setmetatable(L, -2);
-  lua_createtable(L, 3, 0);
+  lua_createtable(L, 4, 0);
   la_setuv(L, -2);
   read_options(L, c, grant, 2);
   c->closed = 0;
@@ -319,6 +339,21 @@ static void call_hook(lua_State *L, la_client *c) {
   lua_pop(L, 1);
 }
 
+/* Passes the flow's note, if any, to the log hook. A failing hook is ignored: logging must
+ * never break the token flow. */
+static void log_note(lua_State *L, la_client *c, la_flow *f) {
+  if (f->note_level == LA_LOG_NONE) return;
+  if (c->has_log) {
+    la_getuv(L, 1);
+    lua_rawgeti(L, -1, UV_LOG);
+    lua_pushstring(L, la_log_level_name(f->note_level));
+    lua_pushstring(L, f->note);
+    if (lua_pcall(L, 2, 0, 0) != 0) lua_pop(L, 1);
+    lua_pop(L, 1);
+  }
+  f->note_level = LA_LOG_NONE;
+}
+
 /* Sends one request for the flow and feeds the answer back to it. */
 static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
   la_response r;
@@ -344,16 +379,19 @@ static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
   a = la_flow_response(f, &c->creds, &c->entry, &r, sent_at, la_now());
   lua_pop(L, 1);
   scratch_free(c);
+  log_note(L, c, f);
   if (f->rotated) call_hook(L, c);
   return a;
 }
 
 static int run_flow(lua_State *L, la_client *c, int mode) {
   la_flow f;
-  la_action a = la_flow_start(&f, &c->creds, &c->entry, mode, la_now());
+  int64_t now = la_now();
+  la_action a = la_flow_start(&f, &c->creds, &c->entry, mode, now,
+                              (uint64_t)now ^ (uint64_t)(uintptr_t)c);
   int steps = 0;
   while (a.kind == LA_ACT_SEND || a.kind == LA_ACT_WAIT) {
-    if (++steps > 32) { /* the flow always settles far sooner; never loop forever */
+    if (++steps > 256) { /* the flow always settles far sooner; never loop forever */
       la_error_set(&f.err, LA_ERR_PROTOCOL, 0, "token flow did not settle");
       a.kind = LA_ACT_FAIL;
       break;
@@ -362,8 +400,9 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
       struct timespec ts;
       ts.tv_sec = (time_t)a.wait;
       ts.tv_nsec = (long)((a.wait - (double)ts.tv_sec) * 1e9);
-      nanosleep(&ts, NULL);
-      a = la_flow_start(&f, &c->creds, &c->entry, mode, la_now());
+      while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { /* interrupted: sleep the rest */
+      }
+      a = la_flow_waited(&f);
       continue;
     }
     a = send_one(L, c, &f, a.grant);
@@ -469,6 +508,106 @@ static int client_info(lua_State *L) {
   return 1;
 }
 
+/* Pushes the header lines of a response as a table: lowercase name -> value (repeats joined). */
+static void push_headers(lua_State *L, const la_buf *raw) {
+  const char *p = raw->p, *end = raw->p + raw->n;
+  lua_newtable(L);
+  while (p != NULL && p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon, *v, *ve;
+    if (eol == NULL) eol = end;
+    colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon != NULL && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+      luaL_Buffer b;
+      const char *k;
+      v = colon + 1;
+      while (v < eol && (*v == ' ' || *v == '\t')) v++;
+      ve = eol;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      luaL_buffinit(L, &b);
+      for (k = p; k < colon; k++) luaL_addchar(&b, (char)((*k >= 'A' && *k <= 'Z') ? *k + 32 : *k));
+      luaL_pushresult(&b);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3);
+      if (lua_isstring(L, -1)) {
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = eol + 1;
+  }
+}
+
+static int valid_method(const char *m) {
+  if (*m == '\0') return 0;
+  for (; *m != '\0'; m++)
+    if (*m < 'A' || *m > 'Z') return 0;
+  return 1;
+}
+
+/* core.request(c, method, url, header_lines, body) --> status, headers, body | nil, err.
+ * A LUSID API call through the client's libcurl handle and options (TLS, proxy, timeouts). */
+static int client_request(lua_State *L) {
+  la_client *c = check_open(L);
+  const char *method = luaL_checkstring(L, 2);
+  const char *url = luaL_checkstring(L, 3);
+  size_t body_len = 0, i, nlines;
+  const char *body = luaL_optlstring(L, 5, NULL, &body_len);
+  struct curl_slist *list = NULL, *tmp;
+  la_http_req rq;
+  la_error err;
+  luaL_checktype(L, 4, LUA_TTABLE);
+  if (!valid_method(method)) luaL_argerror(L, 2, "an HTTP method in capitals");
+  check_url(L, "url", url, c->insecure_http);
+  nlines = la_rawlen(L, 4);
+  for (i = 1; i <= nlines; i++) { /* check every line before allocating anything */
+    size_t n;
+    const char *line;
+    lua_rawgeti(L, 4, (int)i);
+    line = lua_tolstring(L, -1, &n);
+    if (line == NULL || strlen(line) != n || strpbrk(line, "\r\n") != NULL || strchr(line, ':') == NULL)
+      luaL_error(L, "lusidauth: header line %d is not a single 'Name: value' line", (int)i);
+    lua_pop(L, 1);
+  }
+  tmp = curl_slist_append(NULL, "Expect:");
+  for (i = 1; tmp != NULL && i <= nlines; i++) {
+    lua_rawgeti(L, 4, (int)i);
+    list = tmp;
+    tmp = curl_slist_append(list, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (tmp == NULL) {
+    la_http_free_headers(list);
+    return luaL_error(L, "lusidauth: out of memory");
+  }
+  scratch_free(c);
+  memset(&rq, 0, sizeof rq);
+  rq.what = "LUSID API call";
+  rq.method = method;
+  rq.url = url;
+  rq.headers = tmp;
+  rq.body = body;
+  rq.body_len = body_len;
+  rq.cap = LA_API_BODY_CAP;
+  rq.keep_headers = 1;
+  la_error_reset(&err);
+  if (la_http_perform(&c->curl, &c->http, &rq, &c->res, &err) != 0) {
+    scratch_free(c);
+    lua_pushnil(L);
+    la_push_error(L, &err);
+    return 2;
+  }
+  la_pushseconds(L, c->res.status);
+  push_headers(L, &c->res.headers);
+  lua_pushlstring(L, c->res.body.p != NULL ? c->res.body.p : "", c->res.body.n);
+  scratch_free(c);
+  return 3;
+}
+
 void la_client_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"token", client_token},
                                      {"login", client_login},
@@ -497,4 +636,6 @@ void la_client_open(lua_State *L) {
   lua_setfield(L, -2, "new");
   lua_pushcfunction(L, client_info);
   lua_setfield(L, -2, "info");
+  lua_pushcfunction(L, client_request);
+  lua_setfield(L, -2, "request");
 }

@@ -3,6 +3,8 @@
  * use the token, send a request for some grant, wait, or fail. A transport (http.c from C,
  * lusidauth.resty from Lua) performs the requests, so every transport shares every decision. */
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,6 +13,35 @@
 
 #define LA_DEFAULT_SCOPE "openid client groups offline_access"
 #define LA_BACKOFF_MAX 60.0 /* seconds between attempts while a stale token is served */
+
+static const char *const level_names[] = {"none", "debug", "info", "warn"};
+
+const char *la_log_level_name(int level) {
+  return level >= 0 && level <= LA_LOG_WARN ? level_names[level] : "none";
+}
+
+static void note(la_flow *f, int level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Leaves one line for the log hook; the driver passes it on. Never given a secret. */
+static void note(la_flow *f, int level, const char *fmt, ...) {
+  va_list ap;
+  f->note_level = level;
+  va_start(ap, fmt);
+  vsnprintf(f->note, sizeof f->note, fmt, ap);
+  va_end(ap);
+}
+
+/* xorshift64*: jitter only, not security; the driver seeds it. Returns [0, 1). */
+static double jitter(la_flow *f) {
+  f->rng ^= f->rng >> 12;
+  f->rng ^= f->rng << 25;
+  f->rng ^= f->rng >> 27;
+  return (double)((f->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
 
 static const char *const grant_names[] = {"password", "refresh_token", "client_credentials", "pat"};
 
@@ -45,11 +76,14 @@ static la_action obtain(la_flow *f, const la_creds *c, const la_entry *e) {
   return send_grant(f, c->grant);
 }
 
-la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now) {
+la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now,
+                        uint64_t seed) {
   int state = la_entry_state(e, now);
   memset(f, 0, sizeof *f);
   la_error_reset(&f->err);
   f->mode = mode;
+  f->rng = seed | 1;
+  f->deadline = now + (int64_t)(c->deadline * 1e9);
   switch (mode) {
   case LA_MODE_LOGIN:
     if (c->grant == LA_GRANT_REFRESH) return obtain(f, c, e);
@@ -126,18 +160,57 @@ static void copy_text(char *dst, size_t cap, const la_field *fl, const la_creds 
   la_buf_free(&enc);
 }
 
-/* After a failure: while the cached token is still valid, serve it and back off. */
-static la_action failed(la_flow *f, la_entry *e, int64_t now) {
+/* After a failure: while the cached token is still valid, serve it and back off (no caller
+ * waits while a valid token exists); else retry a transient failure with jittered exponential
+ * backoff or the server's Retry-After, within retries and the deadline; else fail. */
+static la_action failed(la_flow *f, const la_creds *c, la_entry *e, int64_t now) {
+  double wait;
+  la_action a;
   if (f->mode == LA_MODE_TOKEN && la_entry_state(e, now) == LA_STALE) {
-    double wait = ldexp(1.0, e->failures < 6 ? e->failures : 6);
+    wait = ldexp(1.0, e->failures < 6 ? e->failures : 6);
     if (f->err.retry_after > wait) wait = f->err.retry_after;
     if (wait > LA_BACKOFF_MAX) wait = LA_BACKOFF_MAX;
     e->failures++;
     e->retry_at = now + (int64_t)(wait * 1e9);
+    note(f, LA_LOG_WARN, "%s; serving the still-valid token (%.0f s left), next refresh in %.0f s",
+         f->err.message, la_entry_seconds_left(e, now), wait);
     return act(LA_ACT_USE, 0);
   }
-  return act(LA_ACT_FAIL, 0);
+  if (!f->err.retryable) return act(LA_ACT_FAIL, 0);
+  if (f->retries >= c->retries) {
+    if (c->retries > 0) {
+      size_t n = strlen(f->err.message);
+      snprintf(f->err.message + n, sizeof f->err.message - n, " (gave up after %d attempts)",
+               f->attempts);
+    }
+    return act(LA_ACT_FAIL, 0);
+  }
+  if (f->err.retry_after >= 0) {
+    if (f->err.retry_after > c->max_retry_wait) {
+      note(f, LA_LOG_WARN, "%s; the server asks to wait %.0f s, more than max_retry_wait (%.0f s): "
+           "not waiting", f->err.message, f->err.retry_after, c->max_retry_wait);
+      return act(LA_ACT_FAIL, 0);
+    }
+    wait = f->err.retry_after;
+  } else {
+    wait = c->retry_base * ldexp(1.0, f->retries) * (0.5 + 0.5 * jitter(f));
+  }
+  if (now + (int64_t)(wait * 1e9) > f->deadline) {
+    size_t n = strlen(f->err.message);
+    snprintf(f->err.message + n, sizeof f->err.message - n, " (deadline of %g s reached)",
+             c->deadline);
+    return act(LA_ACT_FAIL, 0);
+  }
+  f->retries++;
+  note(f, LA_LOG_WARN, "%s; retry %d of %d in %.2f s", f->err.message, f->retries, c->retries,
+       wait);
+  a = act(LA_ACT_WAIT, f->sent);
+  a.wait = wait;
+  return a;
 }
+
+/* After a WAIT: send the same request again. */
+la_action la_flow_waited(la_flow *f) { return send_grant(f, f->sent); }
 
 static int is_str(const la_field *fl, const char *s) {
   return fl->type == LA_F_STRING && fl->n == strlen(s) && memcmp(fl->p, s, fl->n) == 0;
@@ -197,8 +270,11 @@ static la_action success(la_flow *f, const la_creds *c, la_entry *e, const la_re
     if (la_secret_set(&e->refresh, rt->p, rt->n) != 0)
       return fail_config(f, "out of memory storing the refresh token");
     f->rotated = 1;
+    note(f, LA_LOG_INFO, "refresh token rotated (%s grant)", la_grant_name(f->sent));
+  } else {
+    note(f, LA_LOG_DEBUG, "token obtained (%s grant), valid %.0f s", la_grant_name(f->sent),
+         la_entry_seconds_left(e, now));
   }
-  (void)now;
   return act(LA_ACT_USE, 0);
 }
 
@@ -206,11 +282,12 @@ la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e, const la_
                            int64_t sent_at, int64_t now) {
   int has_code = r->body_problem == NULL && r->error.type == LA_F_STRING && r->error.n > 0;
   f->rotated = 0;
+  f->note_level = LA_LOG_NONE;
   f->attempts++;
   la_error_reset(&f->err);
   if (r->transport.kind != LA_ERR_NONE) {
     f->err = r->transport;
-    return failed(f, e, now);
+    return failed(f, c, e, now);
   }
   if (r->status >= 200 && r->status < 300 && !has_code) return success(f, c, e, r, sent_at, now);
 
@@ -232,22 +309,24 @@ la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e, const la_
       /* exactly one password login, and never a second password grant after invalid_grant */
       if (c->grant == LA_GRANT_PASSWORD && c->password.p != NULL && !f->fallback_used) {
         f->fallback_used = 1;
+        note(f, LA_LOG_WARN, "refresh token rejected (invalid_grant): logging in again with the "
+             "password grant, once");
         return send_grant(f, LA_GRANT_PASSWORD);
       }
     }
-    return failed(f, e, now);
+    return failed(f, c, e, now);
   }
   if (r->status >= 300 && r->status < 400) {
     la_error_set(&f->err, LA_ERR_HTTP, 0,
                  "token request (%s grant): HTTP %ld redirect not followed (redirects could "
                  "carry credentials elsewhere); check token_url",
                  la_grant_name(f->sent), r->status);
-    return failed(f, e, now);
+    return failed(f, c, e, now);
   }
   /* 429, 5xx, a 4xx without an error code, or an odd status: transient */
   la_error_set(&f->err, LA_ERR_HTTP, r->status == 429 || r->status >= 500 ||
                                          (r->status >= 400 && r->status < 500),
                "token request (%s grant) failed: HTTP %ld%s%s", la_grant_name(f->sent),
                r->status, f->err.error[0] ? " " : "", f->err.error);
-  return failed(f, e, now);
+  return failed(f, c, e, now);
 }

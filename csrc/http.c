@@ -17,7 +17,7 @@ void la_http_global_init(void) { pthread_once(&global_once, global_init); }
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   la_http_result *res = ud;
   size_t len = size * n;
-  if (res->body.n + len > LA_BODY_CAP) {
+  if (res->body.n + len > res->cap) {
     res->over_cap = 1;
     return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
   }
@@ -42,7 +42,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response (after a 100): start over */
     res->retry_after[0] = res->rate_reset[0] = '\0';
+    res->headers.n = 0;
   }
+  if (res->keep_headers && res->headers.n + len < 256 * 1024 && la_buf_add(&res->headers, p, len) != 0)
+    return 0;
   keep_header(p, len, "Retry-After", res->retry_after, sizeof res->retry_after);
   keep_header(p, len, "X-Rate-Limit-Reset", res->rate_reset, sizeof res->rate_reset);
   return len;
@@ -85,6 +88,10 @@ static CURLcode configure(CURL *h, const la_http_opts *o) {
   SET(CURLOPT_SSL_VERIFYHOST, 2L);
   SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(o->connect_timeout * 1000));
   SET(CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000));
+  if (o->read_timeout > 0) { /* no byte for this long: give up */
+    SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SET(CURLOPT_LOW_SPEED_TIME, (long)(o->read_timeout + 0.999));
+  }
   SET(CURLOPT_USERAGENT, o->user_agent);
   if (o->ca_file) SET(CURLOPT_CAINFO, o->ca_file);
   if (o->ca_path) SET(CURLOPT_CAPATH, o->ca_path);
@@ -95,35 +102,93 @@ static CURLcode configure(CURL *h, const la_http_opts *o) {
   return rc;
 }
 
-/* Wipes the header strings (one holds the Basic credentials) before freeing them. */
-static void free_headers(struct curl_slist *list) {
+/* Wipes the header strings (one holds the credentials) before freeing them. */
+void la_http_free_headers(struct curl_slist *list) {
   struct curl_slist *i;
   for (i = list; i != NULL; i = i->next) la_wipe(i->data, strlen(i->data));
   curl_slist_free_all(list);
 }
 
-/* POSTs a form. Returns 0 with res->status set, or -1 with err set (no usable response). */
+static CURL *handle(CURL **curlp, const la_http_opts *o, la_error *err) {
+  CURLcode rc;
+  if (*curlp != NULL) return *curlp;
+  if ((*curlp = curl_easy_init()) == NULL) {
+    la_error_set(err, LA_ERR_NETWORK, 1, "could not start libcurl");
+    return NULL;
+  }
+  if ((rc = configure(*curlp, o)) != CURLE_OK) {
+    la_error_set(err, LA_ERR_CONFIG, 0, "libcurl refused an option: %s", curl_easy_strerror(rc));
+    return NULL;
+  }
+  return *curlp;
+}
+
+/* Performs one request. Returns 0 with res->status set, or -1 with err set (no usable
+ * response). Frees rq->headers, wiping them first. */
+int la_http_perform(CURL **curlp, const la_http_opts *o, const la_http_req *rq,
+                    la_http_result *res, la_error *err) {
+  char errbuf[CURL_ERROR_SIZE];
+  CURLcode rc;
+  CURL *h = handle(curlp, o, err);
+  int retryable, kind;
+
+  res->status = 0;
+  res->over_cap = 0;
+  res->cap = rq->cap;
+  res->keep_headers = rq->keep_headers;
+  res->retry_after[0] = res->rate_reset[0] = '\0';
+  if (h == NULL) {
+    la_http_free_headers(rq->headers);
+    return -1;
+  }
+  errbuf[0] = '\0';
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_URL, rq->url);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, rq->headers);
+  curl_easy_setopt(h, CURLOPT_HTTPGET, 1L); /* resets the method of the previous request */
+  if (strcmp(rq->method, "HEAD") == 0) {
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+  } else if (rq->body != NULL) {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, rq->body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)rq->body_len);
+  }
+  if (strcmp(rq->method, "GET") != 0 && strcmp(rq->method, "POST") != 0 &&
+      strcmp(rq->method, "HEAD") != 0)
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, rq->method);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, res);
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, res);
+  rc = curl_easy_perform(h);
+  /* nothing of this request may outlive it in the handle */
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, NULL);
+  curl_easy_setopt(h, CURLOPT_NOBODY, 0L);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+  la_http_free_headers(rq->headers);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res->status);
+
+  if (rc == CURLE_OK) return 0;
+  if (res->over_cap) {
+    la_error_set(err, LA_ERR_PROTOCOL, 0, "%s: response body exceeds %lu bytes", rq->what,
+                 (unsigned long)rq->cap);
+    err->status = res->status;
+    return -1;
+  }
+  kind = error_kind(rc, &retryable);
+  la_error_set(err, kind, retryable, "%s to %s failed: %s", rq->what, rq->url,
+               errbuf[0] ? errbuf : curl_easy_strerror(rc));
+  return -1;
+}
+
+/* POSTs a token request's form, with the Basic header when there is one. */
 int la_http_post(CURL **curlp, const la_http_opts *o, const char *url, const la_buf *form,
                  const la_buf *auth, la_http_result *res, la_error *err) {
   struct curl_slist *headers = NULL, *tmp;
   char line[LA_TOKEN_MAX + 64];
-  char errbuf[CURL_ERROR_SIZE];
-  CURLcode rc;
-  CURL *h = *curlp;
-  int retryable, kind;
+  la_http_req rq;
 
-  if (h == NULL) {
-    h = *curlp = curl_easy_init();
-    if (h == NULL) {
-      la_error_set(err, LA_ERR_NETWORK, 1, "token request: could not start libcurl");
-      return -1;
-    }
-    if ((rc = configure(h, o)) != CURLE_OK) {
-      la_error_set(err, LA_ERR_CONFIG, 0, "token request: libcurl refused an option: %s",
-                   curl_easy_strerror(rc));
-      return -1;
-    }
-  }
   tmp = curl_slist_append(headers, "Content-Type: application/x-www-form-urlencoded");
   if (tmp) tmp = curl_slist_append(headers = tmp, "Accept: application/json");
   if (tmp) tmp = curl_slist_append(headers = tmp, "Expect:");
@@ -134,43 +199,19 @@ int la_http_post(CURL **curlp, const la_http_opts *o, const char *url, const la_
     la_wipe(line, sizeof line);
   }
   if (tmp == NULL) {
-    free_headers(headers);
+    la_http_free_headers(headers);
     la_error_set(err, LA_ERR_NETWORK, 1, "token request: out of memory");
     return -1;
   }
-  headers = tmp;
-
-  errbuf[0] = '\0';
-  res->status = 0;
-  res->over_cap = 0;
-  res->retry_after[0] = res->rate_reset[0] = '\0';
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, form->p);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)form->n);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, res);
-  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(h, CURLOPT_HEADERDATA, res);
-  rc = curl_easy_perform(h);
-  /* nothing of this request may outlive it in the handle */
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-  free_headers(headers);
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res->status);
-
-  if (rc == CURLE_OK) return 0;
-  if (res->over_cap) {
-    la_error_set(err, LA_ERR_PROTOCOL, 0, "token response body exceeds %d bytes", LA_BODY_CAP);
-    err->status = res->status;
-    return -1;
-  }
-  kind = error_kind(rc, &retryable);
-  la_error_set(err, kind, retryable, "token request to %s failed: %s", url,
-               errbuf[0] ? errbuf : curl_easy_strerror(rc));
-  return -1;
+  memset(&rq, 0, sizeof rq);
+  rq.what = "token request";
+  rq.method = "POST";
+  rq.url = url;
+  rq.headers = tmp;
+  rq.body = form->p != NULL ? form->p : "";
+  rq.body_len = form->n;
+  rq.cap = LA_BODY_CAP;
+  return la_http_perform(curlp, o, &rq, res, err);
 }
 
 void la_http_opts_free(la_http_opts *o) {

@@ -101,8 +101,12 @@ typedef struct la_creds {
   int grant;
   char *token_url, *client_id, *username, *scope;
   la_secret client_secret, password;
-  double refresh_skew;
-  int retries;
+  /* policy */
+  double refresh_skew;   /* seconds: the refresh window is min(refresh_skew, lifetime / 2) */
+  int retries;           /* transient failures retried this many times */
+  double retry_base;     /* first backoff, seconds; doubled each retry, jittered */
+  double max_retry_wait; /* a server-requested wait longer than this is not slept */
+  double deadline;       /* seconds for a whole token() call, waits included */
 } la_creds;
 
 /* A field of the decoded response: absent, a string, a number, or some other JSON type. */
@@ -129,16 +133,26 @@ typedef struct la_action {
   double wait;   /* LA_ACT_WAIT: seconds */
 } la_action;
 
+enum { LA_LOG_NONE = 0, LA_LOG_DEBUG, LA_LOG_INFO, LA_LOG_WARN };
+
 typedef struct la_flow {
   int mode;
   int sent;            /* the grant of the request in flight */
   int fallback_used;   /* the one password login after invalid_grant has been spent */
   int attempts;        /* requests sent in this run */
+  int retries;         /* transient failures retried in this run */
   int rotated;         /* the last response replaced the refresh token */
+  int64_t deadline;    /* la_now() past which no further attempt starts */
+  uint64_t rng;        /* jitter state, seeded by the driver */
   la_error err;
+  int note_level;      /* a line for the log hook about the last step, or LA_LOG_NONE */
+  char note[768];
 } la_flow;
 
-LA_HIDDEN la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now);
+LA_HIDDEN la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now,
+                                  uint64_t seed);
+LA_HIDDEN la_action la_flow_waited(la_flow *f);
+LA_HIDDEN const char *la_log_level_name(int level);
 LA_HIDDEN int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *body,
                               la_buf *auth);
 LA_HIDDEN la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e,

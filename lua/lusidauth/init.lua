@@ -5,6 +5,9 @@ local core = require "lusidauth.core"
 local M = {
   _VERSION = core._VERSION,
   core = core,
+  config = require "lusidauth.config",
+  headers = require "lusidauth.headers",
+  request_module = require "lusidauth.request",
 }
 
 -- Constructor errors are raised at the caller's line, with the message the core gives.
@@ -69,19 +72,35 @@ function M.is_error(v)
   return type(v) == "table" and getmetatable(v) ~= nil and getmetatable(v) == core.error_mt
 end
 
--- c:headers([extra]) --> { Authorization = "Bearer …", … } | nil, err
+-- lusidauth.from_config(load_opts): a client from secrets.json, FBN_* variables and overrides.
+function M.from_config(load_opts)
+  local opts, err = M.config.load(load_opts)
+  if not opts then return nil, err end
+  local client = build(M.infer_grant(opts), opts)
+  return client
+end
+
+-- c:headers([extra]) --> { Authorization = "Bearer …", X-LUSID-* …, … } | nil, err
 function core.methods.headers(self, extra)
   if extra ~= nil and type(extra) ~= "table" then
     error("lusidauth: headers(extra) expects a table, got " .. type(extra), 2)
   end
   local token, err = self:token()
   if not token then return nil, err end
-  local h = {}
-  if extra then
-    for k, v in pairs(extra) do h[k] = v end
-  end
-  h.Authorization = "Bearer " .. token
-  return h
+  local info = core.info(self)
+  return M.headers.build {
+    token = token,
+    app_name = info.app_name,
+    correlation_id = info.correlation_id,
+    version = core._VERSION,
+    extra = extra,
+  }
+end
+
+-- c:request{ method, path | url, query, json | body, headers } --> response | nil, err
+function core.methods.request(self, req)
+  core.info(self) -- raises on a closed client or a non-client
+  return M.request_module.request(self, req)
 end
 
 return M
