@@ -2,6 +2,9 @@
  * Expiry uses CLOCK_BOOTTIME: it ignores wall-clock steps and keeps counting through suspend,
  * so a laptop that sleeps past expiry does not serve a dead token. CLOCK_MONOTONIC elsewhere. */
 #define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "lusidauth.h"
@@ -55,3 +58,145 @@ double la_entry_seconds_left(const la_entry *e, int64_t now) {
   if (e->access.p == NULL || now >= e->expires_at) return 0;
   return (double)(e->expires_at - now) / 1e9;
 }
+
+/* ---- the process-wide registry: clients of one identity share one entry ----
+ * Any Lua state on any thread may hold a client, so the registry and each entry have a mutex.
+ * No lock is ever held during network I/O or a Lua call. */
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static la_shared *registry = NULL;
+
+static uint64_t fnv(uint64_t h, const char *p, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+  return (h ^ 0xff) * 1099511628211ULL; /* separates fields: ("ab","c") != ("a","bc") */
+}
+
+static size_t slen(const char *s) { return s != NULL ? strlen(s) : 0; }
+
+static uint64_t identity_hash(const la_creds *c, const la_secret *start) {
+  uint64_t h = 14695981039346656037ULL;
+  char g = (char)('0' + c->grant);
+  h = fnv(h, &g, 1);
+  h = fnv(h, c->token_url, slen(c->token_url));
+  h = fnv(h, c->client_id, slen(c->client_id));
+  h = fnv(h, c->username, slen(c->username));
+  h = fnv(h, c->scope, slen(c->scope));
+  h = fnv(h, c->client_secret.p, c->client_secret.n);
+  h = fnv(h, c->password.p, c->password.n);
+  return fnv(h, start->p, start->n);
+}
+
+static int str_eq(const char *a, const char *b) {
+  return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static int secret_eq(const la_secret *a, const la_secret *b) {
+  if (a->p == NULL || b->p == NULL) return a->p == b->p;
+  return a->n == b->n && memcmp(a->p, b->p, a->n) == 0;
+}
+
+/* Every credential, compared exactly: the hash only finds candidates. */
+static int identity_eq(const la_shared *s, const la_creds *c, const la_secret *start) {
+  const la_creds *o = &s->id;
+  return o->grant == c->grant && str_eq(o->token_url, c->token_url) &&
+         str_eq(o->client_id, c->client_id) && str_eq(o->username, c->username) &&
+         str_eq(o->scope, c->scope) && secret_eq(&o->client_secret, &c->client_secret) &&
+         secret_eq(&o->password, &c->password) && secret_eq(&s->start, start);
+}
+
+static char *dup_or_null(const char *s, int *bad) {
+  char *d;
+  if (s == NULL) return NULL;
+  if ((d = strdup(s)) == NULL) *bad = 1;
+  return d;
+}
+
+static void shared_free(la_shared *s) {
+  la_entry_clear(&s->e);
+  free(s->id.token_url);
+  free(s->id.client_id);
+  free(s->id.username);
+  free(s->id.scope);
+  la_secret_clear(&s->id.client_secret);
+  la_secret_clear(&s->id.password);
+  la_secret_clear(&s->start);
+  pthread_cond_destroy(&s->cond);
+  pthread_mutex_destroy(&s->lock);
+  free(s);
+}
+
+static la_shared *shared_new(const la_creds *c, const la_secret *start) {
+  la_shared *s = calloc(1, sizeof *s);
+  pthread_condattr_t ca;
+  int bad = 0;
+  if (s == NULL) return NULL;
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* waits do not jump with the wall clock */
+  pthread_cond_init(&s->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  la_error_reset(&s->last_error);
+  s->refs = 1;
+  s->id.grant = c->grant;
+  s->id.token_url = dup_or_null(c->token_url, &bad);
+  s->id.client_id = dup_or_null(c->client_id, &bad);
+  s->id.username = dup_or_null(c->username, &bad);
+  s->id.scope = dup_or_null(c->scope, &bad);
+  if (c->client_secret.p && la_secret_set(&s->id.client_secret, c->client_secret.p, c->client_secret.n)) bad = 1;
+  if (c->password.p && la_secret_set(&s->id.password, c->password.p, c->password.n)) bad = 1;
+  if (start->p != NULL) {
+    if (la_secret_set(&s->start, start->p, start->n) || la_secret_set(&s->e.refresh, start->p, start->n))
+      bad = 1;
+  }
+  if (bad) {
+    shared_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* The entry for this identity: an existing one when share is set, else a new one. The starting
+ * refresh token seeds a new entry; an existing one keeps its own (rotated) chain. */
+la_shared *la_shared_get(const la_creds *c, const la_secret *start, int share) {
+  la_shared *s;
+  uint64_t h;
+  if (!share) return shared_new(c, start);
+  h = identity_hash(c, start);
+  pthread_mutex_lock(&registry_lock);
+  for (s = registry; s != NULL; s = s->next) {
+    if (s->hash == h && identity_eq(s, c, start)) {
+      s->refs++;
+      pthread_mutex_unlock(&registry_lock);
+      return s;
+    }
+  }
+  if ((s = shared_new(c, start)) != NULL) {
+    s->hash = h;
+    s->registered = 1;
+    s->next = registry;
+    registry = s;
+  }
+  pthread_mutex_unlock(&registry_lock);
+  return s;
+}
+
+/* Drops one reference; the last one wipes and frees the entry. */
+void la_shared_release(la_shared *s) {
+  int last;
+  if (s == NULL) return;
+  pthread_mutex_lock(&registry_lock);
+  last = --s->refs == 0;
+  if (last && s->registered) {
+    la_shared **p = &registry;
+    while (*p != s) p = &(*p)->next;
+    *p = s->next;
+  }
+  pthread_mutex_unlock(&registry_lock);
+  if (last) shared_free(s);
+}
+
+/* Makes the entry's generation visible to the lock-free check on the fresh path. */
+void la_shared_publish(la_shared *s) { __atomic_store_n(&s->pub_gen, s->e.gen, __ATOMIC_RELEASE); }
+
+unsigned long la_shared_gen(la_shared *s) { return __atomic_load_n(&s->pub_gen, __ATOMIC_ACQUIRE); }

@@ -1,38 +1,18 @@
-/* client.c - the lusidauth.client userdata: options, methods, __gc/__close/__tostring, and the
- * blocking driver that runs the flow (flow.c) over the libcurl transport (http.c). */
+/* client.c - the lusidauth.client userdata: its methods, __gc/__close/__tostring, and the
+ * blocking driver that runs the flow (flow.c) over the libcurl transport (http.c) on the
+ * client's entry (cache.c), which clients of the same identity share across Lua states and
+ * threads. One refresh per identity is in flight at a time; no lock is held during I/O. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
-#include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "compat.h"
-#include "http.h"
-#include "lusidauth.h"
+#include "client.h"
 #include "response.h"
 
-/* Slots of the client's uservalue table. */
-enum { UV_HOOK = 1, UV_TOKEN = 2, UV_INFO = 3, UV_LOG = 4 };
-
-#define LA_API_BODY_CAP (64 * 1024 * 1024) /* largest LUSID API response accepted */
-
-typedef struct la_client {
-  int closed;
-  int has_hook;
-  int has_log;
-  int insecure_http;
-  la_creds creds;
-  la_http_opts http;
-  la_entry entry;
-  CURL *curl;
-  unsigned long cached_gen; /* entry.gen of the token string cached in the uservalue */
-  /* scratch for one request, owned here so that a raise cannot leak or leave it unwiped */
-  la_buf form, auth;
-  la_http_result res;
-} la_client;
-
-static void scratch_free(la_client *c) {
+void la_scratch_free(la_client *c) {
   la_buf_free(&c->form);
   la_buf_free(&c->auth);
   la_buf_free(&c->res.body);
@@ -40,8 +20,10 @@ static void scratch_free(la_client *c) {
 }
 
 static void client_release(la_client *c) {
-  scratch_free(c);
-  la_entry_clear(&c->entry);
+  la_scratch_free(c);
+  la_shared_release(c->sh);
+  c->sh = NULL;
+  c->snap_gen = 0;
   free(c->creds.token_url);
   free(c->creds.client_id);
   free(c->creds.username);
@@ -49,242 +31,22 @@ static void client_release(la_client *c) {
   c->creds.token_url = c->creds.client_id = c->creds.username = c->creds.scope = NULL;
   la_secret_clear(&c->creds.client_secret);
   la_secret_clear(&c->creds.password);
+  la_secret_clear(&c->start);
+  la_secret_clear(&c->snap);
   la_http_opts_free(&c->http);
   if (c->curl != NULL) curl_easy_cleanup(c->curl);
   c->curl = NULL;
   c->closed = 1;
 }
 
-static la_client *check_client(lua_State *L) {
+la_client *la_check_client(lua_State *L) {
   return (la_client *)luaL_checkudata(L, 1, LA_CLIENT_MT);
 }
 
-static la_client *check_open(lua_State *L) {
-  la_client *c = check_client(L);
+la_client *la_check_open(lua_State *L) {
+  la_client *c = la_check_client(L);
   if (c->closed) luaL_error(L, "lusidauth: attempt to use a closed client");
   return c;
-}
-
-/* ---- options ---- */
-
-static const char *const known_options[] = {
-    "token_url", "client_id", "client_secret", "username", "password", "refresh_token",
-    "access_token", "scope", "refresh_skew", "timeout", "connect_timeout", "retries", "proxy",
-    "proxy_username", "proxy_password", "ca_file", "ca_path", "insecure_http", "user_agent",
-    "app_name", "api_url", "on_refresh_token", "shared", "correlation_id", "read_timeout", "log", "max_retry_wait", "retry_base",
-    "deadline", NULL};
-
-static void check_known(lua_State *L, int opts) {
-  lua_pushnil(L);
-  while (lua_next(L, opts) != 0) {
-    int i, found = 0;
-    if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_error(L, "lusidauth: option names must be strings, not %s", luaL_typename(L, -2));
-    for (i = 0; known_options[i] != NULL && !found; i++)
-      found = strcmp(lua_tostring(L, -2), known_options[i]) == 0;
-    if (!found) luaL_error(L, "lusidauth: unknown option '%s'", lua_tostring(L, -2));
-    lua_pop(L, 1);
-  }
-}
-
-/* The option's string, or NULL when absent. The opts table keeps it alive. */
-static const char *opt_str(lua_State *L, int opts, const char *name, size_t *len) {
-  const char *s;
-  size_t n;
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "lusidauth: option '%s' must be a string, not a %s", name,
-               luaL_typename(L, -1));
-  s = lua_tolstring(L, -1, &n);
-  if (n == 0) luaL_error(L, "lusidauth: option '%s' must not be empty", name);
-  if (strlen(s) != n) luaL_error(L, "lusidauth: option '%s' must not contain a NUL byte", name);
-  lua_pop(L, 1);
-  if (len != NULL) *len = n;
-  return s;
-}
-
-static char *opt_dup(lua_State *L, int opts, const char *name) {
-  const char *s = opt_str(L, opts, name, NULL);
-  char *d;
-  if (s == NULL) return NULL;
-  if ((d = strdup(s)) == NULL) luaL_error(L, "lusidauth: out of memory");
-  return d;
-}
-
-static void opt_secret(lua_State *L, int opts, const char *name, la_secret *dst) {
-  size_t n;
-  const char *s = opt_str(L, opts, name, &n);
-  if (s != NULL && la_secret_set(dst, s, n) != 0) luaL_error(L, "lusidauth: out of memory");
-}
-
-static double opt_num(lua_State *L, int opts, const char *name, double def, double lo, double hi) {
-  double v;
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  if (lua_type(L, -1) != LUA_TNUMBER)
-    luaL_error(L, "lusidauth: option '%s' must be a number, not a %s", name,
-               luaL_typename(L, -1));
-  v = (double)lua_tonumber(L, -1);
-  if (!(v >= lo && v <= hi)) {
-    char range[64];
-    snprintf(range, sizeof range, "%g to %g", lo, hi);
-    luaL_error(L, "lusidauth: option '%s' must be from %s", name, range);
-  }
-  lua_pop(L, 1);
-  return v;
-}
-
-static int opt_bool(lua_State *L, int opts, const char *name, int def) {
-  int v;
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  if (!lua_isboolean(L, -1))
-    luaL_error(L, "lusidauth: option '%s' must be a boolean, not a %s", name,
-               luaL_typename(L, -1));
-  v = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-static int is_loopback(const char *host) {
-  return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
-         strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
-}
-
-/* A URL option: parseable, http(s), no user:password@ in it, https unless loopback/insecure. */
-static void check_url(lua_State *L, const char *name, const char *url, int insecure) {
-  CURLU *u = curl_url();
-  char *scheme = NULL, *user = NULL, *host = NULL;
-  const char *problem = NULL;
-  if (u == NULL) luaL_error(L, "lusidauth: out of memory");
-  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-    problem = "is not a valid URL";
-  else if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)
-    problem = "must be an http or https URL";
-  else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
-    problem = "must not contain credentials (user:password@); use the options for them";
-  else if (strcmp(scheme, "http") == 0 && !insecure && !is_loopback(host))
-    problem = "must use https (http is allowed only to a loopback host, or with insecure_http = true)";
-  curl_free(scheme);
-  curl_free(host);
-  if (user != NULL) {
-    la_wipe(user, strlen(user));
-    curl_free(user);
-  }
-  curl_url_cleanup(u);
-  if (problem != NULL) luaL_error(L, "lusidauth: option '%s' %s", name, problem);
-}
-
-static void require_opt(lua_State *L, int opts, int grant, const char *name) {
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1))
-    luaL_error(L, "lusidauth: the %s grant needs option '%s'", la_grant_name(grant), name);
-  lua_pop(L, 1);
-}
-
-static void read_options(lua_State *L, la_client *c, int grant, int opts) {
-  static const char *const needs[][6] = {
-      {"token_url", "client_id", "client_secret", "username", "password", NULL},
-      {"token_url", "client_id", "client_secret", "refresh_token", NULL, NULL},
-      {"token_url", "client_id", "client_secret", NULL, NULL, NULL},
-      {"access_token", NULL, NULL, NULL, NULL, NULL}};
-  size_t n;
-  const char *s;
-  int i, insecure;
-
-  check_known(L, opts);
-  for (i = 0; needs[grant][i] != NULL; i++) require_opt(L, opts, grant, needs[grant][i]);
-  c->creds.grant = grant;
-  insecure = c->insecure_http = opt_bool(L, opts, "insecure_http", 0);
-  (void)opt_bool(L, opts, "shared", 1);
-  c->creds.refresh_skew = opt_num(L, opts, "refresh_skew", 60, 0, 86400);
-  c->creds.retries = (int)opt_num(L, opts, "retries", 3, 0, 100);
-  c->creds.retry_base = opt_num(L, opts, "retry_base", 0.5, 0, 60);
-  c->creds.max_retry_wait = opt_num(L, opts, "max_retry_wait", 30, 0, 3600);
-  c->creds.deadline = opt_num(L, opts, "deadline", 60, 0.001, 86400);
-  c->http.timeout = opt_num(L, opts, "timeout", 30, 0.001, 3600);
-  c->http.connect_timeout = opt_num(L, opts, "connect_timeout", 10, 0.001, 3600);
-  c->http.read_timeout = opt_num(L, opts, "read_timeout", 0, 0, 3600);
-
-  if (grant == LA_GRANT_PAT) {
-    s = opt_str(L, opts, "access_token", &n);
-    if (n > LA_TOKEN_MAX || !la_header_safe(s, n))
-      luaL_error(L, "lusidauth: option 'access_token' must not contain spaces or control "
-                    "characters");
-    if (la_entry_store(&c->entry, s, n, 1, 0, 0) != 0) luaL_error(L, "lusidauth: out of memory");
-    c->entry.expires_at = c->entry.refresh_at = INT64_MAX; /* a PAT does not expire here */
-  } else {
-    s = opt_str(L, opts, "token_url", NULL);
-    check_url(L, "token_url", s, insecure);
-    c->creds.token_url = opt_dup(L, opts, "token_url");
-    c->creds.client_id = opt_dup(L, opts, "client_id");
-    c->creds.username = opt_dup(L, opts, "username");
-    c->creds.scope = opt_dup(L, opts, "scope");
-    opt_secret(L, opts, "client_secret", &c->creds.client_secret);
-    opt_secret(L, opts, "password", &c->creds.password);
-    s = opt_str(L, opts, "refresh_token", &n);
-    if (s != NULL) {
-      if (n > LA_TOKEN_MAX || !la_header_safe(s, n))
-        luaL_error(L, "lusidauth: option 'refresh_token' must not contain spaces or control "
-                      "characters");
-      opt_secret(L, opts, "refresh_token", &c->entry.refresh);
-    }
-  }
-  s = opt_str(L, opts, "proxy", NULL);
-  if (s != NULL) check_url(L, "proxy", s, 1);
-  c->http.proxy = opt_dup(L, opts, "proxy");
-  c->http.proxy_username = opt_dup(L, opts, "proxy_username");
-  opt_secret(L, opts, "proxy_password", &c->http.proxy_password);
-  c->http.ca_file = opt_dup(L, opts, "ca_file");
-  c->http.ca_path = opt_dup(L, opts, "ca_path");
-  c->http.user_agent = opt_dup(L, opts, "user_agent");
-  if (c->http.user_agent == NULL && (c->http.user_agent = strdup("lusidauth/" LA_VERSION)) == NULL)
-    luaL_error(L, "lusidauth: out of memory");
-  if (opt_str(L, opts, "api_url", NULL) != NULL)
-    check_url(L, "api_url", opt_str(L, opts, "api_url", NULL), insecure);
-
-  /* Lua-side values: the hook, and the non-secret options the Lua layer reads */
-  la_getuv(L, -1);
-  lua_getfield(L, opts, "on_refresh_token");
-  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
-    luaL_error(L, "lusidauth: option 'on_refresh_token' must be a function, not a %s",
-               luaL_typename(L, -1));
-  c->has_hook = lua_isfunction(L, -1);
-  lua_rawseti(L, -2, UV_HOOK);
-  lua_getfield(L, opts, "log");
-  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
-    luaL_error(L, "lusidauth: option 'log' must be a function, not a %s", luaL_typename(L, -1));
-  c->has_log = lua_isfunction(L, -1);
-  lua_rawseti(L, -2, UV_LOG);
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, la_grant_name(grant));
-  lua_setfield(L, -2, "grant");
-  if ((s = opt_str(L, opts, "app_name", NULL)) != NULL) {
-    lua_pushstring(L, s);
-    lua_setfield(L, -2, "app_name");
-  }
-  if ((s = opt_str(L, opts, "api_url", NULL)) != NULL) {
-    lua_pushstring(L, s);
-    lua_setfield(L, -2, "api_url");
-  }
-  if ((s = opt_str(L, opts, "correlation_id", NULL)) != NULL) {
-    lua_pushstring(L, s);
-    lua_setfield(L, -2, "correlation_id");
-  }
-  lua_rawseti(L, -2, UV_INFO);
-  lua_pop(L, 1);
 }
 
 /* core.new(grant, opts): box first, then acquire, so __gc can clean a half-built client. */
@@ -302,41 +64,56 @@ static int client_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_createtable(L, 4, 0);
   la_setuv(L, -2);
-  read_options(L, c, grant, 2);
+  la_read_options(L, c, grant, 2);
+  if (grant == LA_GRANT_PAT) {
+    static const la_secret none = {NULL, 0};
+    c->sh = la_shared_get(&c->creds, &none, 0);
+    if (c->sh == NULL || la_entry_store(&c->sh->e, c->start.p, c->start.n, 1, 0, 0) != 0)
+      return luaL_error(L, "lusidauth: out of memory");
+    c->sh->e.expires_at = c->sh->e.refresh_at = INT64_MAX; /* a PAT does not expire here */
+    la_shared_publish(c->sh);
+    la_secret_clear(&c->start);
+  } else {
+    if ((c->sh = la_shared_get(&c->creds, &c->start, c->share)) == NULL)
+      return luaL_error(L, "lusidauth: out of memory");
+    la_secret_clear(&c->start); /* the entry has its own copy */
+  }
   c->closed = 0;
   return 1;
 }
 
-/* ---- the token ---- */
+/* ---- serving the token ---- */
 
-/* Pushes the access token, reusing the Lua string made the last time it changed. */
-static void push_token(lua_State *L, la_client *c) {
+/* With the entry's lock held: copies the token for push_snapshot. 0, or -1 (memory). */
+static int take_snapshot(la_client *c) {
+  const la_entry *e = &c->sh->e;
+  if (la_secret_set(&c->snap, e->access.p, e->access.n) != 0) return -1;
+  c->snap_gen = e->gen;
+  c->snap_refresh_at = e->refresh_at;
+  c->snap_expires_at = e->expires_at;
+  return 0;
+}
+
+/* Without the lock: turns the copied token into the Lua string the fresh path serves. */
+static void push_snapshot(lua_State *L, la_client *c) {
   la_getuv(L, 1);
-  if (c->cached_gen != c->entry.gen) {
-    lua_pushlstring(L, c->entry.access.p, c->entry.access.n);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, -3, UV_TOKEN);
-    c->cached_gen = c->entry.gen;
-  } else {
-    lua_rawgeti(L, -1, UV_TOKEN);
-  }
+  lua_pushlstring(L, c->snap.p, c->snap.n);
+  la_secret_clear(&c->snap);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, UV_TOKEN);
   lua_remove(L, -2);
 }
 
 static int push_result(lua_State *L, la_client *c, int64_t now) {
-  push_token(L, c);
   if (c->creds.grant == LA_GRANT_PAT) return 1;
-  la_pushseconds(L, la_entry_seconds_left(&c->entry, now));
+  la_pushseconds(L, now < c->snap_expires_at ? (double)(c->snap_expires_at - now) / 1e9 : 0);
   return 2;
 }
 
-static void call_hook(lua_State *L, la_client *c) {
-  if (!c->has_hook || c->entry.refresh.p == NULL) return;
-  la_getuv(L, 1);
-  lua_rawgeti(L, -1, UV_HOOK);
-  lua_pushlstring(L, c->entry.refresh.p, c->entry.refresh.n);
-  if (lua_pcall(L, 1, 0, 0) != 0) lua_error(L); /* the state is consistent: let it propagate */
-  lua_pop(L, 1);
+static int push_failure(lua_State *L, const la_error *err) {
+  lua_pushnil(L);
+  la_push_error(L, err);
+  return 2;
 }
 
 /* Passes the flow's note, if any, to the log hook. A failing hook is ignored: logging must
@@ -354,17 +131,39 @@ static void log_note(lua_State *L, la_client *c, la_flow *f) {
   f->note_level = LA_LOG_NONE;
 }
 
+/* on_refresh_token(new): runs while this client still holds the refresh in flight, so no other
+ * refresh can use the new refresh token before the hook has seen (and stored) it. */
+static void call_hook(lua_State *L, la_client *c) {
+  if (!c->has_hook) return;
+  pthread_mutex_lock(&c->sh->lock);
+  if (c->sh->e.refresh.p == NULL || la_secret_set(&c->snap, c->sh->e.refresh.p, c->sh->e.refresh.n)) {
+    pthread_mutex_unlock(&c->sh->lock);
+    return;
+  }
+  pthread_mutex_unlock(&c->sh->lock);
+  la_getuv(L, 1);
+  lua_rawgeti(L, -1, UV_HOOK);
+  lua_pushlstring(L, c->snap.p, c->snap.n);
+  la_secret_clear(&c->snap);
+  lua_call(L, 1, 0); /* an error propagates: the caller releases the refresh in flight */
+  lua_pop(L, 1);
+}
+
 /* Sends one request for the flow and feeds the answer back to it. */
 static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
+  la_shared *sh = c->sh;
   la_response r;
   la_action a;
   int64_t sent_at;
+  int built;
   memset(&r, 0, sizeof r);
   la_error_reset(&r.transport);
   r.retry_after = -1;
-  scratch_free(c);
-  if (la_flow_request(&c->creds, &c->entry, grant, &c->form, &c->auth) != 0)
-    luaL_error(L, "lusidauth: out of memory");
+  la_scratch_free(c);
+  pthread_mutex_lock(&sh->lock);
+  built = la_flow_request(&c->creds, &sh->e, grant, &c->form, &c->auth);
+  pthread_mutex_unlock(&sh->lock);
+  if (built != 0) luaL_error(L, "lusidauth: out of memory");
   sent_at = la_now();
   if (la_http_post(&c->curl, &c->http, c->creds.token_url, &c->form, &c->auth, &c->res,
                    &r.transport) == 0) {
@@ -376,53 +175,157 @@ static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
   } else {
     lua_pushnil(L);
   }
-  a = la_flow_response(f, &c->creds, &c->entry, &r, sent_at, la_now());
+  pthread_mutex_lock(&sh->lock);
+  a = la_flow_response(f, &c->creds, &sh->e, &r, sent_at, la_now());
+  la_shared_publish(sh);
+  pthread_mutex_unlock(&sh->lock);
   lua_pop(L, 1);
-  scratch_free(c);
+  la_scratch_free(c);
   log_note(L, c, f);
   if (f->rotated) call_hook(L, c);
   return a;
 }
 
-static int run_flow(lua_State *L, la_client *c, int mode) {
+typedef struct run_ctx {
+  la_client *c;
   la_flow f;
-  int64_t now = la_now();
-  la_action a = la_flow_start(&f, &c->creds, &c->entry, mode, now,
-                              (uint64_t)now ^ (uint64_t)(uintptr_t)c);
+  la_action a;
+} run_ctx;
+
+/* The requests of one refresh, under lua_pcall: (client, ctx) -> (). Whatever happens in here,
+ * the caller releases the refresh in flight afterwards. */
+static int run_requests(lua_State *L) {
+  run_ctx *x = (run_ctx *)lua_touserdata(L, 2);
   int steps = 0;
-  while (a.kind == LA_ACT_SEND || a.kind == LA_ACT_WAIT) {
-    if (++steps > 256) { /* the flow always settles far sooner; never loop forever */
-      la_error_set(&f.err, LA_ERR_PROTOCOL, 0, "token flow did not settle");
-      a.kind = LA_ACT_FAIL;
+  lua_settop(L, 1); /* the client stays at index 1, where the uservalue is read from */
+  while (x->a.kind == LA_ACT_SEND || x->a.kind == LA_ACT_WAIT) {
+    if (++steps > 256) { /* the flow settles far sooner; never loop forever */
+      la_error_set(&x->f.err, LA_ERR_PROTOCOL, 0, "token flow did not settle");
+      x->a.kind = LA_ACT_FAIL;
       break;
     }
-    if (a.kind == LA_ACT_WAIT) {
+    if (x->a.kind == LA_ACT_WAIT) {
       struct timespec ts;
-      ts.tv_sec = (time_t)a.wait;
-      ts.tv_nsec = (long)((a.wait - (double)ts.tv_sec) * 1e9);
+      ts.tv_sec = (time_t)x->a.wait;
+      ts.tv_nsec = (long)((x->a.wait - (double)ts.tv_sec) * 1e9);
       while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { /* interrupted: sleep the rest */
       }
-      a = la_flow_waited(&f);
+      x->a = la_flow_waited(&x->f);
       continue;
     }
-    a = send_one(L, c, &f, a.grant);
+    x->a = send_one(L, x->c, &x->f, x->a.grant);
   }
-  if (a.kind == LA_ACT_USE && c->entry.access.p != NULL) return push_result(L, c, la_now());
-  lua_pushnil(L);
-  la_push_error(L, &f.err);
-  return 2;
+  return 0;
 }
 
-/* c:token() --> access_token, expires_in | nil, err. The fresh path does no I/O. */
+/* Waits, with the lock held, until the refresh in flight ends or the deadline passes. */
+static int wait_for_refresh(la_shared *sh, int64_t deadline) {
+  struct timespec ts;
+  int64_t left = deadline - la_now(), at;
+  if (left <= 0) return ETIMEDOUT;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + left;
+  ts.tv_sec = (time_t)(at / 1000000000);
+  ts.tv_nsec = (long)(at % 1000000000);
+  return pthread_cond_timedwait(&sh->cond, &sh->lock, &ts);
+}
+
+/* The slow path of token(), and login() and refresh(). */
+static int run_flow(lua_State *L, la_client *c, int mode) {
+  la_shared *sh = c->sh;
+  run_ctx *x;
+  int64_t now, deadline;
+  int rc, failed;
+  la_error err;
+
+  /* everything that can raise comes before the refresh is taken; the context stays at index 2
+   * so that the collector cannot free it while the requests run */
+  lua_settop(L, 1);
+  x = (run_ctx *)lua_newuserdata(L, sizeof *x);
+  memset(x, 0, sizeof *x);
+  x->c = c;
+  lua_pushcfunction(L, run_requests);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  la_error_reset(&err);
+
+  pthread_mutex_lock(&sh->lock);
+  now = la_now();
+  deadline = now + (int64_t)(c->creds.deadline * 1e9);
+  for (;;) {
+    int st = la_entry_state(&sh->e, now);
+    unsigned long epoch;
+    if (mode == LA_MODE_TOKEN &&
+        (st == LA_FRESH || (st == LA_STALE && (sh->in_flight || now < sh->e.retry_at)))) {
+      /* fresh, or still valid while someone refreshes or we back off: no waiting */
+      rc = take_snapshot(c);
+      pthread_mutex_unlock(&sh->lock);
+      if (rc != 0) return luaL_error(L, "lusidauth: out of memory");
+      push_snapshot(L, c);
+      return push_result(L, c, now);
+    }
+    if (!sh->in_flight) break;
+    epoch = sh->epoch;
+    if (wait_for_refresh(sh, deadline) == ETIMEDOUT && sh->in_flight) {
+      pthread_mutex_unlock(&sh->lock);
+      la_error_set(&err, LA_ERR_TIMEOUT, 1,
+                   "waited %g s (deadline) for another client's refresh of the same identity",
+                   c->creds.deadline);
+      return push_failure(L, &err);
+    }
+    now = la_now();
+    st = la_entry_state(&sh->e, now);
+    if (mode == LA_MODE_TOKEN && sh->epoch != epoch && sh->failed && st != LA_FRESH &&
+        st != LA_STALE) {
+      /* the refresh we waited for failed: report it rather than send another at once */
+      err = sh->last_error;
+      pthread_mutex_unlock(&sh->lock);
+      return push_failure(L, &err);
+    }
+  }
+  sh->in_flight = 1;
+  x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, now, (uint64_t)now ^ (uint64_t)(uintptr_t)c);
+  pthread_mutex_unlock(&sh->lock);
+
+  rc = lua_pcall(L, 2, 0, 0);
+  failed = rc != 0 || x->a.kind != LA_ACT_USE;
+
+  pthread_mutex_lock(&sh->lock);
+  sh->in_flight = 0;
+  sh->epoch++;
+  sh->failed = failed;
+  if (rc != 0)
+    la_error_set(&sh->last_error, LA_ERR_CONFIG, 0, "another client's refresh raised an error");
+  else if (failed)
+    sh->last_error = x->f.err;
+  if (!failed && (sh->e.access.p == NULL || take_snapshot(c) != 0)) failed = 2;
+  pthread_cond_broadcast(&sh->cond);
+  pthread_mutex_unlock(&sh->lock);
+
+  la_scratch_free(c);
+  if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
+  if (failed == 2) return luaL_error(L, "lusidauth: out of memory");
+  if (failed) return push_failure(L, &x->f.err);
+  push_snapshot(L, c);
+  return push_result(L, c, la_now());
+}
+
+/* c:token() --> access_token, expires_in | nil, err. The fresh path takes no lock, does no I/O
+ * and allocates nothing: the token string was made when the token changed. */
 static int client_token(lua_State *L) {
-  la_client *c = check_open(L);
+  la_client *c = la_check_open(L);
   int64_t now = la_now();
-  if (c->entry.access.p != NULL && now < c->entry.refresh_at) return push_result(L, c, now);
+  if (c->snap_gen != 0 && now < c->snap_refresh_at && la_shared_gen(c->sh) == c->snap_gen) {
+    la_getuv(L, 1);
+    lua_rawgeti(L, -1, UV_TOKEN);
+    lua_remove(L, -2);
+    return push_result(L, c, now);
+  }
   return run_flow(L, c, LA_MODE_TOKEN);
 }
 
 static la_client *check_oauth(lua_State *L, const char *method) {
-  la_client *c = check_open(L);
+  la_client *c = la_check_open(L);
   if (c->creds.grant == LA_GRANT_PAT)
     luaL_error(L, "lusidauth: %s() is not available on a personal access token client", method);
   return c;
@@ -434,65 +337,92 @@ static int client_refresh(lua_State *L) {
   return run_flow(L, check_oauth(L, "refresh"), LA_MODE_REFRESH);
 }
 
+/* Drops the access token this client was given (after a 401). A newer one that another client
+ * of the identity already fetched is kept. */
 static int client_invalidate(lua_State *L) {
-  la_client *c = check_open(L);
-  if (c->creds.grant != LA_GRANT_PAT) {
-    la_entry_invalidate(&c->entry);
-    la_getuv(L, 1);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, UV_TOKEN);
+  la_client *c = la_check_open(L);
+  if (c->creds.grant == LA_GRANT_PAT) return 0;
+  pthread_mutex_lock(&c->sh->lock);
+  if (c->snap_gen == 0 || c->sh->e.gen == c->snap_gen) {
+    la_entry_invalidate(&c->sh->e);
+    la_shared_publish(c->sh);
   }
+  pthread_mutex_unlock(&c->sh->lock);
+  c->snap_gen = 0;
+  la_getuv(L, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, UV_TOKEN);
   return 0;
 }
 
-static int client_expires_in(lua_State *L) {
-  la_client *c = check_open(L);
+/* Seconds left, or a negative number when there is no usable token. */
+static double seconds_left(la_client *c, int *state) {
   int64_t now = la_now();
-  if (c->creds.grant == LA_GRANT_PAT || la_entry_state(&c->entry, now) == LA_EMPTY ||
-      la_entry_state(&c->entry, now) == LA_EXPIRED)
+  double left;
+  pthread_mutex_lock(&c->sh->lock);
+  *state = la_entry_state(&c->sh->e, now);
+  left = la_entry_seconds_left(&c->sh->e, now);
+  pthread_mutex_unlock(&c->sh->lock);
+  return (*state == LA_FRESH || *state == LA_STALE) ? left : -1;
+}
+
+static int client_expires_in(lua_State *L) {
+  la_client *c = la_check_open(L);
+  int st;
+  double left = seconds_left(c, &st);
+  if (c->creds.grant == LA_GRANT_PAT || left < 0)
     lua_pushnil(L);
   else
-    la_pushseconds(L, la_entry_seconds_left(&c->entry, now));
+    la_pushseconds(L, left);
   return 1;
 }
 
 static int client_refresh_token(lua_State *L) {
-  la_client *c = check_open(L);
-  if (c->entry.refresh.p == NULL)
+  la_client *c = la_check_open(L);
+  int have;
+  pthread_mutex_lock(&c->sh->lock);
+  have = c->sh->e.refresh.p != NULL &&
+         la_secret_set(&c->snap, c->sh->e.refresh.p, c->sh->e.refresh.n) == 0;
+  pthread_mutex_unlock(&c->sh->lock);
+  if (!have) {
     lua_pushnil(L);
-  else
-    lua_pushlstring(L, c->entry.refresh.p, c->entry.refresh.n);
+    return 1;
+  }
+  lua_pushlstring(L, c->snap.p, c->snap.n);
+  la_secret_clear(&c->snap);
   return 1;
 }
 
-/* close, __gc and __close: idempotent; wipes every secret. */
+/* close, __gc and __close: idempotent; wipes every secret this client holds and drops its
+ * share of the entry (the last client of an identity wipes the entry). */
 static int client_close(lua_State *L) {
-  la_client *c = check_client(L);
+  la_client *c = la_check_client(L);
   client_release(c); /* safe on a half-built or already closed client */
   la_getuv(L, 1);
   if (lua_istable(L, -1)) {
-    lua_pushnil(L);
-    lua_rawseti(L, -2, UV_TOKEN);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, UV_HOOK);
+    int slot;
+    for (slot = UV_HOOK; slot <= UV_LOG; slot++) {
+      if (slot == UV_INFO) continue;
+      lua_pushnil(L);
+      lua_rawseti(L, -2, slot);
+    }
   }
   lua_pop(L, 1);
   return 0;
 }
 
 static int client_tostring(lua_State *L) {
-  la_client *c = check_client(L);
-  int64_t now = la_now();
+  la_client *c = la_check_client(L);
   if (c->closed) {
     lua_pushliteral(L, "lusidauth.client (closed)");
   } else if (c->creds.grant == LA_GRANT_PAT) {
     lua_pushliteral(L, "lusidauth.client (pat)");
   } else {
-    int st = la_entry_state(&c->entry, now);
-    if (st == LA_FRESH || st == LA_STALE)
+    int st;
+    double left = seconds_left(c, &st);
+    if (left >= 0)
       lua_pushfstring(L, "lusidauth.client (%s, client_id=%s, token valid %d s)",
-                      la_grant_name(c->creds.grant), c->creds.client_id,
-                      (int)la_entry_seconds_left(&c->entry, now));
+                      la_grant_name(c->creds.grant), c->creds.client_id, (int)left);
     else
       lua_pushfstring(L, "lusidauth.client (%s, client_id=%s, %s)", la_grant_name(c->creds.grant),
                       c->creds.client_id, st == LA_EMPTY ? "no token" : "token expired");
@@ -502,110 +432,10 @@ static int client_tostring(lua_State *L) {
 
 /* core.info(c): the client's non-secret options, for the Lua layer. */
 static int client_info(lua_State *L) {
-  check_open(L);
+  la_check_open(L);
   la_getuv(L, 1);
   lua_rawgeti(L, -1, UV_INFO);
   return 1;
-}
-
-/* Pushes the header lines of a response as a table: lowercase name -> value (repeats joined). */
-static void push_headers(lua_State *L, const la_buf *raw) {
-  const char *p = raw->p, *end = raw->p + raw->n;
-  lua_newtable(L);
-  while (p != NULL && p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon, *v, *ve;
-    if (eol == NULL) eol = end;
-    colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon != NULL && colon > p && memcmp(p, "HTTP/", 5) != 0) {
-      luaL_Buffer b;
-      const char *k;
-      v = colon + 1;
-      while (v < eol && (*v == ' ' || *v == '\t')) v++;
-      ve = eol;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      luaL_buffinit(L, &b);
-      for (k = p; k < colon; k++) luaL_addchar(&b, (char)((*k >= 'A' && *k <= 'Z') ? *k + 32 : *k));
-      luaL_pushresult(&b);
-      lua_pushvalue(L, -1);
-      lua_rawget(L, -3);
-      if (lua_isstring(L, -1)) {
-        lua_pushliteral(L, ", ");
-        lua_pushlstring(L, v, (size_t)(ve - v));
-        lua_concat(L, 3);
-      } else {
-        lua_pop(L, 1);
-        lua_pushlstring(L, v, (size_t)(ve - v));
-      }
-      lua_rawset(L, -3);
-    }
-    p = eol + 1;
-  }
-}
-
-static int valid_method(const char *m) {
-  if (*m == '\0') return 0;
-  for (; *m != '\0'; m++)
-    if (*m < 'A' || *m > 'Z') return 0;
-  return 1;
-}
-
-/* core.request(c, method, url, header_lines, body) --> status, headers, body | nil, err.
- * A LUSID API call through the client's libcurl handle and options (TLS, proxy, timeouts). */
-static int client_request(lua_State *L) {
-  la_client *c = check_open(L);
-  const char *method = luaL_checkstring(L, 2);
-  const char *url = luaL_checkstring(L, 3);
-  size_t body_len = 0, i, nlines;
-  const char *body = luaL_optlstring(L, 5, NULL, &body_len);
-  struct curl_slist *list = NULL, *tmp;
-  la_http_req rq;
-  la_error err;
-  luaL_checktype(L, 4, LUA_TTABLE);
-  if (!valid_method(method)) luaL_argerror(L, 2, "an HTTP method in capitals");
-  check_url(L, "url", url, c->insecure_http);
-  nlines = la_rawlen(L, 4);
-  for (i = 1; i <= nlines; i++) { /* check every line before allocating anything */
-    size_t n;
-    const char *line;
-    lua_rawgeti(L, 4, (int)i);
-    line = lua_tolstring(L, -1, &n);
-    if (line == NULL || strlen(line) != n || strpbrk(line, "\r\n") != NULL || strchr(line, ':') == NULL)
-      luaL_error(L, "lusidauth: header line %d is not a single 'Name: value' line", (int)i);
-    lua_pop(L, 1);
-  }
-  tmp = curl_slist_append(NULL, "Expect:");
-  for (i = 1; tmp != NULL && i <= nlines; i++) {
-    lua_rawgeti(L, 4, (int)i);
-    list = tmp;
-    tmp = curl_slist_append(list, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  if (tmp == NULL) {
-    la_http_free_headers(list);
-    return luaL_error(L, "lusidauth: out of memory");
-  }
-  scratch_free(c);
-  memset(&rq, 0, sizeof rq);
-  rq.what = "LUSID API call";
-  rq.method = method;
-  rq.url = url;
-  rq.headers = tmp;
-  rq.body = body;
-  rq.body_len = body_len;
-  rq.cap = LA_API_BODY_CAP;
-  rq.keep_headers = 1;
-  la_error_reset(&err);
-  if (la_http_perform(&c->curl, &c->http, &rq, &c->res, &err) != 0) {
-    scratch_free(c);
-    lua_pushnil(L);
-    la_push_error(L, &err);
-    return 2;
-  }
-  la_pushseconds(L, c->res.status);
-  push_headers(L, &c->res.headers);
-  lua_pushlstring(L, c->res.body.p != NULL ? c->res.body.p : "", c->res.body.n);
-  scratch_free(c);
-  return 3;
 }
 
 void la_client_open(lua_State *L) {
@@ -629,13 +459,13 @@ void la_client_open(lua_State *L) {
   lua_newtable(L);
   la_setfuncs(L, methods, 0);
   lua_pushvalue(L, -1);
-  lua_setfield(L, -4, "methods"); /* the Lua layer adds headers() and friends here */
+  lua_setfield(L, -4, "methods"); /* the Lua layer adds headers() and request() here */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lua_pushcfunction(L, client_new);
   lua_setfield(L, -2, "new");
   lua_pushcfunction(L, client_info);
   lua_setfield(L, -2, "info");
-  lua_pushcfunction(L, client_request);
+  lua_pushcfunction(L, la_client_request);
   lua_setfield(L, -2, "request");
 }

@@ -29,25 +29,27 @@ void la_error_set(la_error *e, int kind, int retryable, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* Replaces each occurrence of the secret in s (NUL-terminated, of size cap) by "[redacted]". */
-void la_redact(char *s, size_t cap, const char *secret, size_t n) {
-  static const char mark[] = "[redacted]";
-  char out[1024];
-  size_t o = 0;
-  const char *p = s;
-  if (secret == NULL || n < 4 || cap > sizeof out) return; /* short values are ordinary words */
-  while (*p != '\0' && o + 1 < cap) {
-    if (strncmp(p, secret, n) == 0) {
-      size_t k;
-      for (k = 0; mark[k] != '\0' && o + 1 < cap; k++) out[o++] = mark[k];
-      p += n;
+/* Replaces each occurrence of the secret in b by "[redacted]". 0, or -1 (memory). */
+int la_redact(la_buf *b, const char *secret, size_t n) {
+  la_buf out = {NULL, 0, 0};
+  size_t i = 0;
+  if (secret == NULL || n < 4 || b->n < n) return 0; /* shorter values are ordinary words */
+  if (la_buf_add(&out, "", 0) != 0) return -1;
+  while (i < b->n) {
+    if (i + n <= b->n && memcmp(b->p + i, secret, n) == 0) {
+      if (la_buf_addstr(&out, "[redacted]") != 0) goto fail;
+      i += n;
     } else {
-      out[o++] = *p++;
+      if (la_buf_add(&out, b->p + i, 1) != 0) goto fail;
+      i++;
     }
   }
-  out[o] = '\0';
-  memcpy(s, out, o + 1);
-  la_wipe(out, sizeof out);
+  la_buf_free(b);
+  *b = out;
+  return 0;
+fail:
+  la_buf_free(&out);
+  return -1;
 }
 
 static void set_str(lua_State *L, const char *k, const char *v) {

@@ -129,35 +129,59 @@ int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *bod
   return rc ? -1 : 0;
 }
 
-/* Copies a server-supplied string for an error: one line, printable, secrets redacted. */
+/* Takes every form of one secret out of b: raw, form-encoded ('+' for space) and
+ * percent-encoded ("%20"), since servers echo requests in any of them. */
+static int redact_forms(la_buf *b, const char *p, size_t n) {
+  la_buf enc = {NULL, 0, 0}, pct = {NULL, 0, 0};
+  size_t i;
+  int rc = la_redact(b, p, n);
+  if (rc == 0 && (rc = la_urlencode(&enc, p, n)) == 0) {
+    rc = la_redact(b, enc.p, enc.n);
+    for (i = 0; rc == 0 && i < enc.n; i++)
+      rc = enc.p[i] == '+' ? la_buf_addstr(&pct, "%20") : la_buf_add(&pct, enc.p + i, 1);
+    if (rc == 0) rc = la_redact(b, pct.p, pct.n);
+  }
+  la_buf_free(&enc);
+  la_buf_free(&pct);
+  return rc;
+}
+
+/* Copies a server-supplied string for an error: one line, printable, every secret redacted
+ * (servers sometimes echo the request), and only then cut to fit, so no part of a secret that
+ * straddles the cut survives. */
 static void copy_text(char *dst, size_t cap, const la_field *fl, const la_creds *c,
                       const la_entry *e) {
-  size_t i, n;
   const la_secret *secrets[4];
-  la_buf enc = {NULL, 0, 0};
-  if (fl->type != LA_F_STRING) {
-    dst[0] = '\0';
-    return;
-  }
-  n = fl->n < cap - 1 ? fl->n : cap - 1;
-  for (i = 0; i < n; i++) {
+  la_buf b = {NULL, 0, 0}, basic = {NULL, 0, 0};
+  size_t i, n;
+  int rc = 0;
+  dst[0] = '\0';
+  if (fl->type != LA_F_STRING) return;
+  for (i = 0; rc == 0 && i < fl->n; i++) {
     unsigned char ch = (unsigned char)fl->p[i];
-    dst[i] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+    char out = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+    rc = la_buf_add(&b, &out, 1);
   }
-  dst[n] = '\0';
-  /* servers sometimes echo the request: take out every secret, raw and form-encoded */
   secrets[0] = &c->password;
   secrets[1] = &c->client_secret;
   secrets[2] = &e->refresh;
   secrets[3] = &e->access;
-  for (i = 0; i < 4; i++) {
-    if (secrets[i]->p == NULL) continue;
-    la_redact(dst, cap, secrets[i]->p, secrets[i]->n);
-    enc.n = 0;
-    if (la_urlencode(&enc, secrets[i]->p, secrets[i]->n) == 0 && enc.n != secrets[i]->n)
-      la_redact(dst, cap, enc.p, enc.n);
+  for (i = 0; rc == 0 && i < 4; i++)
+    if (secrets[i]->p != NULL) rc = redact_forms(&b, secrets[i]->p, secrets[i]->n);
+  /* the HTTP Basic credential, base64 of the encoded id and secret */
+  if (rc == 0 && c->client_id != NULL && c->client_secret.p != NULL &&
+      (rc = la_basic_auth(&basic, c->client_id, strlen(c->client_id), c->client_secret.p,
+                          c->client_secret.n)) == 0)
+    rc = redact_forms(&b, basic.p + 6, basic.n - 6);
+  if (rc == 0 && b.n > 0) {
+    n = b.n < cap - 1 ? b.n : cap - 1;
+    memcpy(dst, b.p, n);
+    dst[n] = '\0';
+  } else if (rc != 0) {
+    snprintf(dst, cap, "(not shown: out of memory)");
   }
-  la_buf_free(&enc);
+  la_buf_free(&b);
+  la_buf_free(&basic);
 }
 
 /* After a failure: while the cached token is still valid, serve it and back off (no caller

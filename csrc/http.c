@@ -67,7 +67,6 @@ static int error_kind(CURLcode rc, int *retryable) {
   case CURLE_SSL_CRL_BADFILE:
     *retryable = 0;
     return LA_ERR_TLS;
-  case CURLE_UNSUPPORTED_PROTOCOL:
   case CURLE_URL_MALFORMAT:
     *retryable = 0;
     return LA_ERR_CONFIG;

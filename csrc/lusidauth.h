@@ -69,7 +69,7 @@ LA_HIDDEN void la_error_set(la_error *e, int kind, int retryable, const char *fm
 
     ;
 LA_HIDDEN const char *la_error_kind_name(int kind);
-LA_HIDDEN void la_redact(char *s, size_t cap, const char *secret, size_t n);
+LA_HIDDEN int la_redact(la_buf *b, const char *secret, size_t n);
 
 /* ---- cache.c: the token cache entry and its clock ---- */
 enum { LA_EMPTY = 0, LA_FRESH, LA_STALE, LA_EXPIRED };
@@ -108,6 +108,27 @@ typedef struct la_creds {
   double max_retry_wait; /* a server-requested wait longer than this is not slept */
   double deadline;       /* seconds for a whole token() call, waits included */
 } la_creds;
+
+/* ---- cache.c: the process-wide registry of shared entries ---- */
+#include <pthread.h>
+
+typedef struct la_shared {
+  pthread_mutex_t lock;   /* guards everything below but refs/next (registry lock) */
+  pthread_cond_t cond;    /* signalled when a refresh in flight ends */
+  la_entry e;
+  int in_flight;          /* a refresh of this identity is in progress somewhere */
+  unsigned long epoch;    /* refreshes completed, successful or not */
+  int failed;             /* the last one failed, with last_error */
+  la_error last_error;
+  unsigned long pub_gen;  /* e.gen, for the lock-free fresh check (atomic) */
+  /* identity, fixed at creation */
+  la_creds id;
+  la_secret start;        /* the refresh token a client started from */
+  uint64_t hash;
+  int registered;
+  unsigned refs;
+  struct la_shared *next;
+} la_shared;
 
 /* A field of the decoded response: absent, a string, a number, or some other JSON type. */
 enum { LA_F_ABSENT = 0, LA_F_STRING, LA_F_NUMBER, LA_F_OTHER };
@@ -148,6 +169,11 @@ typedef struct la_flow {
   int note_level;      /* a line for the log hook about the last step, or LA_LOG_NONE */
   char note[768];
 } la_flow;
+
+LA_HIDDEN la_shared *la_shared_get(const la_creds *c, const la_secret *start, int share);
+LA_HIDDEN void la_shared_release(la_shared *s);
+LA_HIDDEN void la_shared_publish(la_shared *s);
+LA_HIDDEN unsigned long la_shared_gen(la_shared *s);
 
 LA_HIDDEN la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now,
                                   uint64_t seed);

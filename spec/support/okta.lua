@@ -85,8 +85,12 @@ local function call(method, path, body)
   return value
 end
 
--- Clears tokens, counters, log and scripts; restores the default config.
+-- Clears tokens, counters, log and scripts; restores the default config. It first collects the
+-- garbage, so that the clients of earlier tests release lusidauth's process-wide token entries
+-- (tokens of the server's previous life would otherwise be served to same-identity clients).
 function M.reset()
+  collectgarbage()
+  collectgarbage()
   return call("POST", "/_control/reset", "{}")
 end
 

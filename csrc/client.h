@@ -1,0 +1,39 @@
+/* client.h - the lusidauth.client userdata, shared by client.c, options.c and api.c. */
+#ifndef LUSIDAUTH_CLIENT_H
+#define LUSIDAUTH_CLIENT_H
+
+#include "compat.h"
+#include "http.h"
+#include "lusidauth.h"
+
+/* Slots of the client's uservalue table. */
+enum { UV_HOOK = 1, UV_TOKEN = 2, UV_INFO = 3, UV_LOG = 4 };
+
+typedef struct la_client {
+  int closed;
+  int has_hook, has_log;
+  int insecure_http;
+  int share;              /* join the process-wide entry of this identity */
+  la_creds creds;
+  la_secret start;        /* the refresh token, or the PAT, given in the options */
+  la_http_opts http;
+  la_shared *sh;          /* the token state: shared with same-identity clients, or private */
+  CURL *curl;
+  /* what the fresh path serves without taking a lock: the token string in UV_TOKEN is the one
+   * of generation snap_gen, valid until snap_refresh_at */
+  unsigned long snap_gen;
+  int64_t snap_refresh_at, snap_expires_at;
+  la_secret snap;         /* the token copied under the lock, pushed to Lua after it */
+  /* scratch for one request, owned here so that a raise cannot leak or leave it unwiped */
+  la_buf form, auth;
+  la_http_result res;
+} la_client;
+
+LA_HIDDEN la_client *la_check_client(lua_State *L);
+LA_HIDDEN la_client *la_check_open(lua_State *L);
+LA_HIDDEN void la_scratch_free(la_client *c);
+LA_HIDDEN void la_read_options(lua_State *L, la_client *c, int grant, int opts);
+LA_HIDDEN void la_check_url(lua_State *L, const char *name, const char *url, int insecure);
+LA_HIDDEN int la_client_request(lua_State *L);
+
+#endif
