@@ -37,7 +37,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
 
-.PHONY: all deps test check demo install uninstall clean clean-build lint rock
+.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan
 
 all: $(MODULE)
 
@@ -90,3 +90,18 @@ clean-build:
 # from Debian (lua-cjson), which luarocks cannot see, hence --deps-mode=none.
 rock:
 	luarocks --lua-version=$(LUA_ABI) --tree=build/rocks make --deps-mode=none lusidauth-scm-1.rockspec
+
+# The C host that embeds Lua (examples/embed/host.c): threads, each with its own lua_State.
+EMBED_LUA_PC ?= lua5.4
+embed: build/embed/host
+build/embed/host: examples/embed/host.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -g -Wall -Wextra $(shell $(PKG_CONFIG) --cflags $(EMBED_LUA_PC) libcurl) $< -o $@ \
+	  $(shell $(PKG_CONFIG) --libs $(EMBED_LUA_PC) libcurl) -lpthread
+
+# The same, with the module and the host built under ThreadSanitizer.
+embed-tsan:
+	$(MAKE) LUA_VERSION=5.4 BUILD=build/tsan CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" all
+	@mkdir -p build/tsan
+	$(CC) -std=c99 -O1 -g -fsanitize=thread $(shell $(PKG_CONFIG) --cflags $(EMBED_LUA_PC) libcurl) \
+	  examples/embed/host.c -o build/tsan/host $(shell $(PKG_CONFIG) --libs $(EMBED_LUA_PC) libcurl) -lpthread

@@ -240,7 +240,8 @@ static int is_str(const la_field *fl, const char *s) {
   return fl->type == LA_F_STRING && fl->n == strlen(s) && memcmp(fl->p, s, fl->n) == 0;
 }
 
-/* expires_in as a number of seconds, or -1 when it is unusable. Accepts a numeric string. */
+/* expires_in as a number of seconds, or -1 when it is unusable. Accepts a decimal string
+ * ("3600", "1.5"); not hex, exponents, "inf" or "nan", which strtod alone would take. */
 static double expires_seconds(const la_field *fl) {
   double v;
   char buf[64], *end;
@@ -250,6 +251,7 @@ static double expires_seconds(const la_field *fl) {
   } else if (fl->type == LA_F_STRING && fl->n > 0 && fl->n < sizeof buf) {
     memcpy(buf, fl->p, fl->n);
     buf[fl->n] = '\0';
+    if (strspn(buf, "0123456789.") != fl->n) return -1;
     v = strtod(buf, &end);
     if (*end != '\0') return -1;
   } else {
@@ -259,32 +261,34 @@ static double expires_seconds(const la_field *fl) {
   return v > LA_MAX_EXPIRES_IN ? LA_MAX_EXPIRES_IN : v;
 }
 
-static la_action protocol(la_flow *f, const la_response *r, const char *what) {
+/* A response that makes no sense fails like any other: a still-valid token is served. */
+static la_action protocol(la_flow *f, const la_creds *c, la_entry *e, const la_response *r,
+                          int64_t now, const char *what) {
   la_error_set(&f->err, LA_ERR_PROTOCOL, 0, "token response (%s grant, HTTP %ld): %s",
                la_grant_name(f->sent), r->status, what);
   f->err.status = r->status;
-  return act(LA_ACT_FAIL, 0);
+  return failed(f, c, e, now);
 }
 
 static la_action success(la_flow *f, const la_creds *c, la_entry *e, const la_response *r,
                          int64_t sent_at, int64_t now) {
   const la_field *at = &r->access_token, *tt = &r->token_type, *rt = &r->refresh_token;
   double expires;
-  if (r->body_problem != NULL) return protocol(f, r, r->body_problem);
-  if (at->type == LA_F_ABSENT) return protocol(f, r, "no access_token");
-  if (at->type != LA_F_STRING) return protocol(f, r, "access_token is not a string");
-  if (at->n == 0) return protocol(f, r, "access_token is empty");
-  if (at->n > LA_TOKEN_MAX) return protocol(f, r, "access_token is too long");
+  if (r->body_problem != NULL) return protocol(f, c, e, r, now, r->body_problem);
+  if (at->type == LA_F_ABSENT) return protocol(f, c, e, r, now, "no access_token");
+  if (at->type != LA_F_STRING) return protocol(f, c, e, r, now, "access_token is not a string");
+  if (at->n == 0) return protocol(f, c, e, r, now, "access_token is empty");
+  if (at->n > LA_TOKEN_MAX) return protocol(f, c, e, r, now, "access_token is too long");
   if (!la_header_safe(at->p, at->n))
-    return protocol(f, r, "access_token contains a space or control character");
+    return protocol(f, c, e, r, now, "access_token contains a space or control character");
   if (tt->type != LA_F_ABSENT && !(tt->type == LA_F_STRING && tt->n == 6 &&
                                    strncasecmp(tt->p, "bearer", 6) == 0))
-    return protocol(f, r, "token_type is not Bearer");
+    return protocol(f, c, e, r, now, "token_type is not Bearer");
   expires = expires_seconds(&r->expires_in);
-  if (expires < 0) return protocol(f, r, "expires_in is not a positive number of seconds");
+  if (expires < 0) return protocol(f, c, e, r, now, "expires_in is not a positive number of seconds");
   if (rt->type != LA_F_ABSENT) {
     if (rt->type != LA_F_STRING || rt->n > LA_TOKEN_MAX || !la_header_safe(rt->p, rt->n))
-      return protocol(f, r, "refresh_token is not a usable string");
+      return protocol(f, c, e, r, now, "refresh_token is not a usable string");
   }
   if (la_entry_store(e, at->p, at->n, expires, sent_at, c->refresh_skew) != 0)
     return fail_config(f, "out of memory storing the token");

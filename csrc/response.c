@@ -27,21 +27,24 @@ void la_response_open(lua_State *L) {
 
 /* Seconds the server asked us to wait: Retry-After (delta-seconds or an HTTP date), or, on a
  * 429, Okta's X-Rate-Limit-Reset (UTC epoch seconds). -1 when neither says. */
+/* Whole seconds, digits only (RFC 9110 delta-seconds), or -1. */
+static double digits(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 15 || strspn(s, "0123456789") != n) return -1;
+  return strtod(s, NULL);
+}
+
 double la_retry_after(long status, const char *retry_after, const char *rate_reset, time_t now) {
-  char *end;
   double v;
   if (retry_after != NULL && retry_after[0] != '\0') {
-    v = strtod(retry_after, &end);
-    if (end != retry_after && *end == '\0') return v >= 0 ? v : 0;
+    if ((v = digits(retry_after)) >= 0) return v;
     {
       time_t t = curl_getdate(retry_after, NULL);
       if (t != (time_t)-1) return t > now ? (double)(t - now) : 0;
     }
   }
-  if (status == 429 && rate_reset != NULL && rate_reset[0] != '\0') {
-    v = strtod(rate_reset, &end);
-    if (end != rate_reset && *end == '\0') return v > (double)now ? v - (double)now : 0;
-  }
+  if (status == 429 && rate_reset != NULL && (v = digits(rate_reset)) >= 0)
+    return v > (double)now ? v - (double)now : 0;
   return -1;
 }
 

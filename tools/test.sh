@@ -38,5 +38,17 @@ for v in $VERSIONS; do
   echo "Lua $v: $p passed, $f failed, $s skipped"
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
+# suites that run once, not per Lua version: shell scripts printing TAP lines
+EXTRA="${EXTRA_SUITES-tools/embed_test.sh}"
+[ "$VERSIONS" = "5.4 5.1 5.2 5.3 jit" ] || EXTRA="${EXTRA_SUITES-}"
+for suite in $EXTRA; do
+  echo "== $suite"
+  sh "$suite" >"$RUN/extra.txt" 2>&1
+  cat "$RUN/extra.txt"
+  p=$(grep -c '^ok ' "$RUN/extra.txt" | tr -d ' ')
+  f=$(grep -c '^not ok ' "$RUN/extra.txt" | tr -d ' ')
+  if [ "$p" = 0 ] && [ "$f" = 0 ]; then f=1; fi
+  passed=$((passed + p)); failed=$((failed + f))
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
