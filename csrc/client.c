@@ -84,7 +84,7 @@ static int client_new(lua_State *L) {
 
 /* ---- serving the token ---- */
 
-/* With the entry's lock held: copies the token for push_snapshot. 0, or -1 (memory). */
+/* With the entry's lock held: copies the token for la_push_snapshot. 0, or -1 (memory). */
 static int take_snapshot(la_client *c) {
   const la_entry *e = &c->sh->e;
   if (la_secret_set(&c->snap, e->access.p, e->access.n) != 0) return -1;
@@ -94,23 +94,22 @@ static int take_snapshot(la_client *c) {
   return 0;
 }
 
-/* Without the lock: turns the copied token into the Lua string the fresh path serves. */
-static void push_snapshot(lua_State *L, la_client *c) {
-  la_getuv(L, 1);
+/* Without the lock: turns the copied token into the Lua string the fresh path serves, pushes
+ * it and, except for a PAT, the seconds left. Returns the number of values pushed. */
+int la_push_snapshot(lua_State *L, la_client *c, int cidx) {
+  int64_t now = la_now();
+  la_getuv(L, cidx);
   lua_pushlstring(L, c->snap.p, c->snap.n);
   la_secret_clear(&c->snap);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, UV_TOKEN);
   lua_remove(L, -2);
-}
-
-static int push_result(lua_State *L, la_client *c, int64_t now) {
   if (c->creds.grant == LA_GRANT_PAT) return 1;
   la_pushseconds(L, now < c->snap_expires_at ? (double)(c->snap_expires_at - now) / 1e9 : 0);
   return 2;
 }
 
-static int push_failure(lua_State *L, const la_error *err) {
+int la_push_failure(lua_State *L, const la_error *err) {
   lua_pushnil(L);
   la_push_error(L, err);
   return 2;
@@ -118,10 +117,10 @@ static int push_failure(lua_State *L, const la_error *err) {
 
 /* Passes the flow's note, if any, to the log hook. A failing hook is ignored: logging must
  * never break the token flow. */
-static void log_note(lua_State *L, la_client *c, la_flow *f) {
+static void log_note(lua_State *L, la_client *c, int cidx, la_flow *f) {
   if (f->note_level == LA_LOG_NONE) return;
   if (c->has_log) {
-    la_getuv(L, 1);
+    la_getuv(L, cidx);
     lua_rawgeti(L, -1, UV_LOG);
     lua_pushstring(L, la_log_level_name(f->note_level));
     lua_pushstring(L, f->note);
@@ -133,15 +132,15 @@ static void log_note(lua_State *L, la_client *c, la_flow *f) {
 
 /* on_refresh_token(new): runs while this client still holds the refresh in flight, so no other
  * refresh can use the new refresh token before the hook has seen (and stored) it. */
-static void call_hook(lua_State *L, la_client *c) {
+static void call_hook(lua_State *L, la_client *c, int cidx) {
+  int have;
   if (!c->has_hook) return;
   pthread_mutex_lock(&c->sh->lock);
-  if (c->sh->e.refresh.p == NULL || la_secret_set(&c->snap, c->sh->e.refresh.p, c->sh->e.refresh.n)) {
-    pthread_mutex_unlock(&c->sh->lock);
-    return;
-  }
+  have = c->sh->e.refresh.p != NULL &&
+         la_secret_set(&c->snap, c->sh->e.refresh.p, c->sh->e.refresh.n) == 0;
   pthread_mutex_unlock(&c->sh->lock);
-  la_getuv(L, 1);
+  if (!have) return;
+  la_getuv(L, cidx);
   lua_rawgeti(L, -1, UV_HOOK);
   lua_pushlstring(L, c->snap.p, c->snap.n);
   la_secret_clear(&c->snap);
@@ -149,21 +148,44 @@ static void call_hook(lua_State *L, la_client *c) {
   lua_pop(L, 1);
 }
 
-/* Sends one request for the flow and feeds the answer back to it. */
-static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
-  la_shared *sh = c->sh;
-  la_response r;
-  la_action a;
-  int64_t sent_at;
+/* Builds the request for grant into the client's scratch buffers. */
+void la_step_build(lua_State *L, la_client *c, int grant) {
   int built;
+  la_scratch_free(c);
+  pthread_mutex_lock(&c->sh->lock);
+  built = la_flow_request(&c->creds, &c->sh->e, grant, &c->form, &c->auth);
+  pthread_mutex_unlock(&c->sh->lock);
+  if (built != 0) luaL_error(L, "lusidauth: out of memory");
+}
+
+/* Feeds one answer (or transport failure) to the flow: decodes the body, updates the entry,
+ * logs, calls the hook. Returns the next action. */
+la_action la_step_ingest(lua_State *L, la_client *c, int cidx, la_flow *f, la_response *r,
+                         const char *body, size_t n, int64_t sent_at) {
+  la_action a;
+  if (r->transport.kind == LA_ERR_NONE)
+    la_response_decode(L, body, n, r);
+  else
+    lua_pushnil(L);
+  pthread_mutex_lock(&c->sh->lock);
+  a = la_flow_response(f, &c->creds, &c->sh->e, r, sent_at, la_now());
+  la_shared_publish(c->sh);
+  pthread_mutex_unlock(&c->sh->lock);
+  lua_pop(L, 1);
+  la_scratch_free(c);
+  log_note(L, c, cidx, f);
+  if (f->rotated) call_hook(L, c, cidx);
+  return a;
+}
+
+/* Sends one request for the flow over libcurl and feeds the answer back to it. */
+static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
+  la_response r;
+  int64_t sent_at;
   memset(&r, 0, sizeof r);
   la_error_reset(&r.transport);
   r.retry_after = -1;
-  la_scratch_free(c);
-  pthread_mutex_lock(&sh->lock);
-  built = la_flow_request(&c->creds, &sh->e, grant, &c->form, &c->auth);
-  pthread_mutex_unlock(&sh->lock);
-  if (built != 0) luaL_error(L, "lusidauth: out of memory");
+  la_step_build(L, c, grant);
   sent_at = la_now();
   if (la_http_post(&c->curl, &c->http, c->creds.token_url, &c->form, &c->auth, &c->res,
                    &r.transport) == 0) {
@@ -171,19 +193,8 @@ static la_action send_one(lua_State *L, la_client *c, la_flow *f, int grant) {
     la_buf_free(&c->auth);
     r.status = c->res.status;
     r.retry_after = la_retry_after(r.status, c->res.retry_after, c->res.rate_reset, time(NULL));
-    la_response_decode(L, c->res.body.p, c->res.body.n, &r);
-  } else {
-    lua_pushnil(L);
   }
-  pthread_mutex_lock(&sh->lock);
-  a = la_flow_response(f, &c->creds, &sh->e, &r, sent_at, la_now());
-  la_shared_publish(sh);
-  pthread_mutex_unlock(&sh->lock);
-  lua_pop(L, 1);
-  la_scratch_free(c);
-  log_note(L, c, f);
-  if (f->rotated) call_hook(L, c);
-  return a;
+  return la_step_ingest(L, c, 1, f, &r, c->res.body.p, c->res.body.n, sent_at);
 }
 
 typedef struct run_ctx {
@@ -230,12 +241,80 @@ static int wait_for_refresh(la_shared *sh, int64_t deadline) {
   return pthread_cond_timedwait(&sh->cond, &sh->lock, &ts);
 }
 
-/* The slow path of token(), and login() and refresh(). */
-static int run_flow(lua_State *L, la_client *c, int mode) {
+/* The first half of a token call. LA_BEGIN_USE: a token was copied for la_push_snapshot (fresh,
+ * or still valid while another refresh runs or we back off: no caller waits then).
+ * LA_BEGIN_RUN: this client now holds the identity's one refresh in flight, and *a is the
+ * flow's first action. LA_BEGIN_BUSY: another refresh is in flight and can_wait is 0.
+ * LA_BEGIN_FAIL: *err says why (the awaited refresh failed, or the deadline passed). */
+int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a, la_error *err) {
   la_shared *sh = c->sh;
-  run_ctx *x;
   int64_t now, deadline;
-  int rc, failed;
+  pthread_mutex_lock(&sh->lock);
+  now = la_now();
+  deadline = now + (int64_t)(c->creds.deadline * 1e9);
+  for (;;) {
+    int st = la_entry_state(&sh->e, now);
+    unsigned long epoch;
+    if (mode == LA_MODE_TOKEN &&
+        (st == LA_FRESH || (st == LA_STALE && (sh->in_flight || now < sh->e.retry_at)))) {
+      int rc = take_snapshot(c);
+      pthread_mutex_unlock(&sh->lock);
+      return rc == 0 ? LA_BEGIN_USE : LA_BEGIN_OOM;
+    }
+    if (!sh->in_flight) break;
+    if (!can_wait) {
+      pthread_mutex_unlock(&sh->lock);
+      return LA_BEGIN_BUSY;
+    }
+    epoch = sh->epoch;
+    if (wait_for_refresh(sh, deadline) == ETIMEDOUT && sh->in_flight) {
+      pthread_mutex_unlock(&sh->lock);
+      la_error_set(err, LA_ERR_TIMEOUT, 1,
+                   "waited %g s (deadline) for another client's refresh of the same identity",
+                   c->creds.deadline);
+      return LA_BEGIN_FAIL;
+    }
+    now = la_now();
+    st = la_entry_state(&sh->e, now);
+    if (mode == LA_MODE_TOKEN && sh->epoch != epoch && sh->failed && st != LA_FRESH &&
+        st != LA_STALE) {
+      /* the refresh we waited for failed: report it rather than send another at once */
+      *err = sh->last_error;
+      pthread_mutex_unlock(&sh->lock);
+      return LA_BEGIN_FAIL;
+    }
+  }
+  sh->in_flight = 1;
+  *a = la_flow_start(f, &c->creds, &sh->e, mode, now, (uint64_t)now ^ (uint64_t)(uintptr_t)c);
+  pthread_mutex_unlock(&sh->lock);
+  return LA_BEGIN_RUN;
+}
+
+/* The second half: releases the refresh in flight, wakes the waiters, and copies the token on
+ * success. Returns LA_BEGIN_USE, LA_BEGIN_FAIL (f->err), or LA_BEGIN_OOM. */
+int la_run_end(la_client *c, la_flow *f, la_action a, int raised) {
+  la_shared *sh = c->sh;
+  int result = (raised || a.kind != LA_ACT_USE) ? LA_BEGIN_FAIL : LA_BEGIN_USE;
+  pthread_mutex_lock(&sh->lock);
+  sh->in_flight = 0;
+  sh->epoch++;
+  sh->failed = result == LA_BEGIN_FAIL;
+  if (raised)
+    la_error_set(&sh->last_error, LA_ERR_CONFIG, 0, "another client's refresh raised an error");
+  else if (sh->failed)
+    sh->last_error = f->err;
+  if (result == LA_BEGIN_USE && (sh->e.access.p == NULL || take_snapshot(c) != 0))
+    result = LA_BEGIN_OOM;
+  pthread_cond_broadcast(&sh->cond);
+  pthread_mutex_unlock(&sh->lock);
+  la_scratch_free(c);
+  return result;
+}
+
+/* The slow path of token(), and login() and refresh(), over libcurl: blocking. */
+static int run_flow(lua_State *L, la_client *c, int mode) {
+  run_ctx *x;
+  int rc, result;
   la_error err;
 
   /* everything that can raise comes before the refresh is taken; the context stays at index 2
@@ -249,65 +328,22 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
   lua_pushvalue(L, 2);
   la_error_reset(&err);
 
-  pthread_mutex_lock(&sh->lock);
-  now = la_now();
-  deadline = now + (int64_t)(c->creds.deadline * 1e9);
-  for (;;) {
-    int st = la_entry_state(&sh->e, now);
-    unsigned long epoch;
-    if (mode == LA_MODE_TOKEN &&
-        (st == LA_FRESH || (st == LA_STALE && (sh->in_flight || now < sh->e.retry_at)))) {
-      /* fresh, or still valid while someone refreshes or we back off: no waiting */
-      rc = take_snapshot(c);
-      pthread_mutex_unlock(&sh->lock);
-      if (rc != 0) return luaL_error(L, "lusidauth: out of memory");
-      push_snapshot(L, c);
-      return push_result(L, c, now);
-    }
-    if (!sh->in_flight) break;
-    epoch = sh->epoch;
-    if (wait_for_refresh(sh, deadline) == ETIMEDOUT && sh->in_flight) {
-      pthread_mutex_unlock(&sh->lock);
-      la_error_set(&err, LA_ERR_TIMEOUT, 1,
-                   "waited %g s (deadline) for another client's refresh of the same identity",
-                   c->creds.deadline);
-      return push_failure(L, &err);
-    }
-    now = la_now();
-    st = la_entry_state(&sh->e, now);
-    if (mode == LA_MODE_TOKEN && sh->epoch != epoch && sh->failed && st != LA_FRESH &&
-        st != LA_STALE) {
-      /* the refresh we waited for failed: report it rather than send another at once */
-      err = sh->last_error;
-      pthread_mutex_unlock(&sh->lock);
-      return push_failure(L, &err);
-    }
+  switch (la_run_begin(c, mode, 1, &x->f, &x->a, &err)) {
+  case LA_BEGIN_USE:
+    return la_push_snapshot(L, c, 1);
+  case LA_BEGIN_FAIL:
+    return la_push_failure(L, &err);
+  case LA_BEGIN_OOM:
+    return luaL_error(L, "lusidauth: out of memory");
+  default:
+    break;
   }
-  sh->in_flight = 1;
-  x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, now, (uint64_t)now ^ (uint64_t)(uintptr_t)c);
-  pthread_mutex_unlock(&sh->lock);
-
   rc = lua_pcall(L, 2, 0, 0);
-  failed = rc != 0 || x->a.kind != LA_ACT_USE;
-
-  pthread_mutex_lock(&sh->lock);
-  sh->in_flight = 0;
-  sh->epoch++;
-  sh->failed = failed;
-  if (rc != 0)
-    la_error_set(&sh->last_error, LA_ERR_CONFIG, 0, "another client's refresh raised an error");
-  else if (failed)
-    sh->last_error = x->f.err;
-  if (!failed && (sh->e.access.p == NULL || take_snapshot(c) != 0)) failed = 2;
-  pthread_cond_broadcast(&sh->cond);
-  pthread_mutex_unlock(&sh->lock);
-
-  la_scratch_free(c);
+  result = la_run_end(c, &x->f, x->a, rc != 0);
   if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
-  if (failed == 2) return luaL_error(L, "lusidauth: out of memory");
-  if (failed) return push_failure(L, &x->f.err);
-  push_snapshot(L, c);
-  return push_result(L, c, la_now());
+  if (result == LA_BEGIN_OOM) return luaL_error(L, "lusidauth: out of memory");
+  if (result == LA_BEGIN_FAIL) return la_push_failure(L, &x->f.err);
+  return la_push_snapshot(L, c, 1);
 }
 
 /* c:token() --> access_token, expires_in | nil, err. The fresh path takes no lock, does no I/O
@@ -319,7 +355,9 @@ static int client_token(lua_State *L) {
     la_getuv(L, 1);
     lua_rawgeti(L, -1, UV_TOKEN);
     lua_remove(L, -2);
-    return push_result(L, c, now);
+    if (c->creds.grant == LA_GRANT_PAT) return 1;
+    la_pushseconds(L, (double)(c->snap_expires_at - now) / 1e9);
+    return 2;
   }
   return run_flow(L, c, LA_MODE_TOKEN);
 }

@@ -29,6 +29,16 @@ typedef struct la_client {
   la_http_result res;
 } la_client;
 
+enum { LA_BEGIN_USE = 0, LA_BEGIN_RUN, LA_BEGIN_BUSY, LA_BEGIN_FAIL, LA_BEGIN_OOM };
+
+LA_HIDDEN int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a,
+                           la_error *err);
+LA_HIDDEN int la_run_end(la_client *c, la_flow *f, la_action a, int raised);
+LA_HIDDEN void la_step_build(lua_State *L, la_client *c, int grant);
+LA_HIDDEN la_action la_step_ingest(lua_State *L, la_client *c, int cidx, la_flow *f,
+                                   la_response *r, const char *body, size_t n, int64_t sent_at);
+LA_HIDDEN int la_push_snapshot(lua_State *L, la_client *c, int cidx);
+LA_HIDDEN int la_push_failure(lua_State *L, const la_error *err);
 LA_HIDDEN la_client *la_check_client(lua_State *L);
 LA_HIDDEN la_client *la_check_open(lua_State *L);
 LA_HIDDEN void la_scratch_free(la_client *c);
