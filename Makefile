@@ -31,7 +31,7 @@ INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
 INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 INSTALL_BIN  ?= $(PREFIX)/bin
 
-SRCS = csrc/core.c csrc/client.c csrc/options.c csrc/api.c csrc/flow.c csrc/cache.c csrc/http.c csrc/response.c \
+SRCS = csrc/core.c csrc/client.c csrc/options.c csrc/api.c csrc/step.c csrc/flow.c csrc/cache.c csrc/http.c csrc/response.c \
        csrc/secret.c csrc/form.c csrc/error.c
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)

@@ -33,7 +33,8 @@ build = {
     ["lusidauth.request"] = "lua/lusidauth/request.lua",
     ["lusidauth.core"] = {
       sources = {
-        "csrc/core.c", "csrc/client.c", "csrc/options.c", "csrc/api.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
+        "csrc/core.c", "csrc/client.c", "csrc/options.c", "csrc/api.c",
+        "csrc/step.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
         "csrc/response.c", "csrc/secret.c", "csrc/form.c", "csrc/error.c",
       },
       libraries = { "curl", "pthread" },

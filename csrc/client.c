@@ -21,6 +21,14 @@ void la_scratch_free(la_client *c) {
 
 static void client_release(la_client *c) {
   la_scratch_free(c);
+  if (c->running) { /* closed mid-refresh (from a hook, or a Lua-driven run): let others go on */
+    la_flow f;
+    la_action a;
+    memset(&f, 0, sizeof f);
+    la_error_set(&f.err, LA_ERR_CONFIG, 0, "the client was closed during its refresh");
+    a.kind = LA_ACT_FAIL;
+    la_run_end(c, &f, a, 0);
+  }
   la_shared_release(c->sh);
   c->sh = NULL;
   c->snap_gen = 0;
@@ -174,7 +182,7 @@ la_action la_step_ingest(lua_State *L, la_client *c, int cidx, la_flow *f, la_re
   lua_pop(L, 1);
   la_scratch_free(c);
   log_note(L, c, cidx, f);
-  if (f->rotated) call_hook(L, c, cidx);
+  if (f->rotated && !c->closed) call_hook(L, c, cidx); /* the log hook may have closed it */
   return a;
 }
 
@@ -210,6 +218,7 @@ static int run_requests(lua_State *L) {
   int steps = 0;
   lua_settop(L, 1); /* the client stays at index 1, where the uservalue is read from */
   while (x->a.kind == LA_ACT_SEND || x->a.kind == LA_ACT_WAIT) {
+    if (x->c->closed) return luaL_error(L, "lusidauth: the client was closed during its refresh");
     if (++steps > 256) { /* the flow settles far sooner; never loop forever */
       la_error_set(&x->f.err, LA_ERR_PROTOCOL, 0, "token flow did not settle");
       x->a.kind = LA_ACT_FAIL;
@@ -285,6 +294,7 @@ int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a,
     }
   }
   sh->in_flight = 1;
+  c->running = 1;
   *a = la_flow_start(f, &c->creds, &sh->e, mode, now, (uint64_t)now ^ (uint64_t)(uintptr_t)c);
   pthread_mutex_unlock(&sh->lock);
   return LA_BEGIN_RUN;
@@ -297,6 +307,7 @@ int la_run_end(la_client *c, la_flow *f, la_action a, int raised) {
   int result = (raised || a.kind != LA_ACT_USE) ? LA_BEGIN_FAIL : LA_BEGIN_USE;
   pthread_mutex_lock(&sh->lock);
   sh->in_flight = 0;
+  c->running = 0;
   sh->epoch++;
   sh->failed = result == LA_BEGIN_FAIL;
   if (raised)
@@ -339,6 +350,10 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
     break;
   }
   rc = lua_pcall(L, 2, 0, 0);
+  if (c->closed) { /* by a hook: client_release already ended the refresh */
+    if (rc != 0) return lua_error(L);
+    return luaL_error(L, "lusidauth: the client was closed during its refresh");
+  }
   result = la_run_end(c, &x->f, x->a, rc != 0);
   if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
   if (result == LA_BEGIN_OOM) return luaL_error(L, "lusidauth: out of memory");

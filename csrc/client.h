@@ -14,6 +14,7 @@ typedef struct la_client {
   int has_hook, has_log;
   int insecure_http;
   int share;              /* join the process-wide entry of this identity */
+  int running;            /* this client holds its entry's refresh in flight */
   la_creds creds;
   la_secret start;        /* the refresh token, or the PAT, given in the options */
   la_http_opts http;

@@ -34,5 +34,6 @@ LA_EXPORT int luaopen_lusidauth_core(lua_State *L) {
   luaL_getmetatable(L, LA_ERROR_MT);
   lua_setfield(L, -2, "error_mt");
   la_client_open(L);
+  la_step_open(L);
   return 1;
 }

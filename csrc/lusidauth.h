@@ -192,4 +192,5 @@ struct lua_State;
 LA_HIDDEN void la_error_open(struct lua_State *L);
 LA_HIDDEN void la_push_error(struct lua_State *L, const la_error *e);
 LA_HIDDEN void la_client_open(struct lua_State *L);
+LA_HIDDEN void la_step_open(struct lua_State *L);
 #endif

@@ -492,3 +492,19 @@ describe("https", function()
     assert.equal(0, okta.stats().requests)
   end)
 end)
+
+describe("a client closed by its own hooks during a refresh", function()
+  before_each(function() okta.reset() end)
+
+  it("raises, releases the refresh, and leaves other clients working", function()
+    local c
+    c = lusidauth.new_password(F.password_opts { on_refresh_token = function() c:close() end })
+    assert.has_error(function() c:token() end, "lusidauth: the client was closed during its refresh")
+    local other = lusidauth.new_password(F.password_opts())
+    assert.is_true(okta.validate((other:token())).valid)
+    local d
+    okta.script { { status = 503, body = "down" } }
+    d = lusidauth.new_password(F.password_opts { shared = false, retry_base = 0.01, log = function() d:close() end })
+    assert.has_error(function() d:token() end, "lusidauth: the client was closed during its refresh")
+  end)
+end)
