@@ -200,7 +200,8 @@ describe("config.load reads", function()
       io.write(o and (o.token_url .. " " .. table.concat(r.sources[1].names, ",")) or tostring(r))
     ]]
     local function run(on)
-      local cmd = ("env -i PATH=\"$PATH\" FBN_TOKEN_URL=https://okta.example.com/x FBN_CLIENT_ID=c "
+      local cmd = ("env -i PATH=\"$PATH\" LD_PRELOAD=\"${LD_PRELOAD:-}\" ASAN_OPTIONS=\"${ASAN_OPTIONS:-}\" "
+        .. "FBN_TOKEN_URL=https://okta.example.com/x FBN_CLIENT_ID=c "
         .. "FBN_CLIENT_SECRET=s FBN_APP_NAME= LUA_PATH='%s' LUA_CPATH='%s' %s -e 'ENV_ON = %s' %s 2>&1")
         :format(package.path, package.cpath, lua, on, script)
       local p = io.popen(cmd)
