@@ -92,6 +92,29 @@ static int client_new(lua_State *L) {
 
 /* ---- serving the token ---- */
 
+/* The token string the fresh path serves: the second user value on 5.4, else a slot of the
+ * uservalue table. push_cached_token pushes it; store_cached_token pops the top into it. */
+static void push_cached_token(lua_State *L, int cidx) {
+#ifdef LA_UV2
+  la_getuv2(L, cidx);
+#else
+  la_getuv(L, cidx);
+  lua_rawgeti(L, -1, UV_TOKEN);
+  lua_remove(L, -2);
+#endif
+}
+
+static void store_cached_token(lua_State *L, int cidx) {
+#ifdef LA_UV2
+  la_setuv2(L, cidx);
+#else
+  la_getuv(L, cidx);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, UV_TOKEN);
+  lua_pop(L, 1);
+#endif
+}
+
 /* With the entry's lock held: copies the token for la_push_snapshot. 0, or -1 (memory). */
 static int take_snapshot(la_client *c) {
   const la_entry *e = &c->sh->e;
@@ -106,12 +129,10 @@ static int take_snapshot(la_client *c) {
  * it and, except for a PAT, the seconds left. Returns the number of values pushed. */
 int la_push_snapshot(lua_State *L, la_client *c, int cidx) {
   int64_t now = la_now();
-  la_getuv(L, cidx);
   lua_pushlstring(L, c->snap.p, c->snap.n);
   la_secret_clear(&c->snap);
   lua_pushvalue(L, -1);
-  lua_rawseti(L, -3, UV_TOKEN);
-  lua_remove(L, -2);
+  store_cached_token(L, cidx);
   if (c->creds.grant == LA_GRANT_PAT) return 1;
   la_pushseconds(L, now < c->snap_expires_at ? (double)(c->snap_expires_at - now) / 1e9 : 0);
   return 2;
@@ -364,14 +385,19 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
 /* c:token() --> access_token, expires_in | nil, err. The fresh path takes no lock, does no I/O
  * and allocates nothing: the token string was made when the token changed. */
 static int client_token(lua_State *L) {
-  la_client *c = la_check_open(L);
-  int64_t now = la_now();
+  la_client *c = (la_client *)lua_touserdata(L, 1);
+  int64_t now;
+  /* the metatable is this closure's upvalue: cheaper than luaL_checkudata's registry lookup */
+  if (c == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)) ||
+      c->closed)
+    c = la_check_open(L); /* raises with the usual message */
+  else
+    lua_pop(L, 1);
+  now = la_now();
   if (c->snap_gen != 0 && now < c->snap_refresh_at && la_shared_gen(c->sh) == c->snap_gen) {
-    la_getuv(L, 1);
-    lua_rawgeti(L, -1, UV_TOKEN);
-    lua_remove(L, -2);
+    push_cached_token(L, 1);
     if (c->creds.grant == LA_GRANT_PAT) return 1;
-    la_pushseconds(L, (double)(c->snap_expires_at - now) / 1e9);
+    la_pushseconds(L, (c->snap_expires_at - now) / 1000000000);
     return 2;
   }
   return run_flow(L, c, LA_MODE_TOKEN);
@@ -402,9 +428,8 @@ static int client_invalidate(lua_State *L) {
   }
   pthread_mutex_unlock(&c->sh->lock);
   c->snap_gen = 0;
-  la_getuv(L, 1);
   lua_pushnil(L);
-  lua_rawseti(L, -2, UV_TOKEN);
+  store_cached_token(L, 1);
   return 0;
 }
 
@@ -459,8 +484,12 @@ static int client_close(lua_State *L) {
       lua_pushnil(L);
       lua_rawseti(L, -2, slot);
     }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    store_cached_token(L, 1);
+  } else {
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   return 0;
 }
 
@@ -510,7 +539,8 @@ void la_client_open(lua_State *L) {
   luaL_newmetatable(L, LA_CLIENT_MT);
   la_setfuncs(L, meta, 0);
   lua_newtable(L);
-  la_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -2); /* the metatable, an upvalue of every method (token() checks it) */
+  la_setfuncs(L, methods, 1);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods"); /* the Lua layer adds headers() and request() here */
   lua_setfield(L, -2, "__index");

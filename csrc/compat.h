@@ -14,9 +14,13 @@ void la_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 
 /* One table of Lua values attached to a userdata (callbacks, the cached token string). */
 #if LUA_VERSION_NUM >= 504
-#define la_newuserdata(L, sz) lua_newuserdatauv((L), (sz), 1)
+#define la_newuserdata(L, sz) lua_newuserdatauv((L), (sz), 2)
 #define la_getuv(L, idx) ((void)lua_getiuservalue((L), (idx), 1))
 #define la_setuv(L, idx) ((void)lua_setiuservalue((L), (idx), 1))
+/* 5.4 has room for a second user value: the client's token string, one call away */
+#define LA_UV2 1
+#define la_getuv2(L, idx) ((void)lua_getiuservalue((L), (idx), 2))
+#define la_setuv2(L, idx) ((void)lua_setiuservalue((L), (idx), 2))
 #elif LUA_VERSION_NUM >= 502
 #define la_newuserdata(L, sz) lua_newuserdata((L), (sz))
 #define la_getuv(L, idx) ((void)lua_getuservalue((L), (idx)))
