@@ -37,7 +37,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
 
-.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan
+.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan bench-build
 
 all: $(MODULE)
 
@@ -105,3 +105,9 @@ embed-tsan:
 	@mkdir -p build/tsan
 	$(CC) -std=c99 -O1 -g -fsanitize=thread $(shell $(PKG_CONFIG) --cflags $(EMBED_LUA_PC) libcurl) \
 	  examples/embed/host.c -o build/tsan/host $(shell $(PKG_CONFIG) --libs $(EMBED_LUA_PC) libcurl) -lpthread
+
+# What the benchmarks need built: the floor module and the clock probe.
+bench-build: all
+	@mkdir -p build/bench
+	$(CC) -O2 -shared -fPIC $(shell $(PKG_CONFIG) --cflags lua5.4) bench/floor.c -o build/bench/benchfloor.so
+	$(CC) -O2 bench/clocks.c -o build/bench/clocks
