@@ -37,7 +37,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
 
-.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan bench-build
+.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan bench-build fuzz fuzz-build fuzz-smoke static
 
 all: $(MODULE)
 
@@ -111,3 +111,11 @@ bench-build: all
 	@mkdir -p build/bench
 	$(CC) -O2 -shared -fPIC $(shell $(PKG_CONFIG) --cflags lua5.4) bench/floor.c -o build/bench/benchfloor.so
 	$(CC) -O2 bench/clocks.c -o build/bench/clocks
+
+# libFuzzer harnesses (fuzz/README.md): fuzz-smoke is the fixed budget make test runs.
+fuzz fuzz-build fuzz-smoke:
+	$(MAKE) -f fuzz/Makefile $@
+
+# cppcheck and clang-tidy on csrc/
+static:
+	@sh tools/static.sh

@@ -23,10 +23,9 @@ static void client_release(la_client *c) {
   la_scratch_free(c);
   if (c->running) { /* closed mid-refresh (from a hook, or a Lua-driven run): let others go on */
     la_flow f;
-    la_action a;
+    la_action a = {LA_ACT_FAIL, 0, 0};
     memset(&f, 0, sizeof f);
     la_error_set(&f.err, LA_ERR_CONFIG, 0, "the client was closed during its refresh");
-    a.kind = LA_ACT_FAIL;
     la_run_end(c, &f, a, 0);
   }
   la_shared_release(c->sh);

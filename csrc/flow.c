@@ -146,21 +146,22 @@ static int redact_forms(la_buf *b, const char *p, size_t n) {
   return rc;
 }
 
-/* Copies a server-supplied string for an error: one line, printable, every secret redacted
- * (servers sometimes echo the request), and only then cut to fit, so no part of a secret that
- * straddles the cut survives. */
-static void copy_text(char *dst, size_t cap, const la_field *fl, const la_creds *c,
-                      const la_entry *e) {
+/* Copies server-supplied text for an error: prefix (ours), then the field a, then sep and the
+ * field b when b is non-empty. Every secret is redacted from the raw bytes first, then control
+ * characters become spaces (one line), and only then is the text cut to fit: so neither a
+ * secret with a control character, nor one split across a and b, nor one straddling the cut,
+ * survives in part. */
+static void copy_text(char *dst, size_t cap, const char *prefix, const la_field *fa,
+                      const char *sep, const la_field *fb, const la_creds *c, const la_entry *e) {
   const la_secret *secrets[4];
   la_buf b = {NULL, 0, 0}, basic = {NULL, 0, 0};
   size_t i, n;
-  int rc = 0;
+  int rc = la_buf_addstr(&b, prefix);
   dst[0] = '\0';
-  if (fl->type != LA_F_STRING) return;
-  for (i = 0; rc == 0 && i < fl->n; i++) {
-    unsigned char ch = (unsigned char)fl->p[i];
-    char out = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
-    rc = la_buf_add(&b, &out, 1);
+  if (rc == 0 && fa != NULL && fa->type == LA_F_STRING) rc = la_buf_add(&b, fa->p, fa->n);
+  if (rc == 0 && fb != NULL && fb->type == LA_F_STRING && fb->n > 0) {
+    rc = la_buf_addstr(&b, sep);
+    if (rc == 0) rc = la_buf_add(&b, fb->p, fb->n);
   }
   secrets[0] = &c->password;
   secrets[1] = &c->client_secret;
@@ -175,10 +176,13 @@ static void copy_text(char *dst, size_t cap, const la_field *fl, const la_creds 
     rc = redact_forms(&b, basic.p + 6, basic.n - 6);
   if (rc == 0 && b.n > 0) {
     n = b.n < cap - 1 ? b.n : cap - 1;
-    memcpy(dst, b.p, n);
+    for (i = 0; i < n; i++) {
+      unsigned char ch = (unsigned char)b.p[i];
+      dst[i] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+    }
     dst[n] = '\0';
   } else if (rc != 0) {
-    snprintf(dst, cap, "(not shown: out of memory)");
+    snprintf(dst, cap, "%s(not shown: out of memory)", prefix);
   }
   la_buf_free(&b);
   la_buf_free(&basic);
@@ -226,8 +230,12 @@ static la_action failed(la_flow *f, const la_creds *c, la_entry *e, int64_t now)
     return act(LA_ACT_FAIL, 0);
   }
   f->retries++;
-  note(f, LA_LOG_WARN, "%s; retry %d of %d in %.2f s", f->err.message, f->retries, c->retries,
-       wait);
+  if (f->err.retry_after >= 0)
+    note(f, LA_LOG_WARN, "%s; waiting %.0f s as the server asks (Retry-After), then retry %d of %d",
+         f->err.message, wait, f->retries, c->retries);
+  else
+    note(f, LA_LOG_WARN, "%s; retry %d of %d in %.2f s", f->err.message, f->retries, c->retries,
+         wait);
   a = act(LA_ACT_WAIT, f->sent);
   a.wait = wait;
   return a;
@@ -321,17 +329,21 @@ la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e, const la_
 
   f->err.status = r->status;
   f->err.retry_after = r->retry_after;
-  copy_text(f->err.error, sizeof f->err.error, &r->error, c, e);
-  copy_text(f->err.description, sizeof f->err.description, &r->error_description, c, e);
-  copy_text(f->err.uri, sizeof f->err.uri, &r->error_uri, c, e);
+  copy_text(f->err.error, sizeof f->err.error, "", &r->error, NULL, NULL, c, e);
+  copy_text(f->err.description, sizeof f->err.description, "", &r->error_description, NULL, NULL,
+            c, e);
+  copy_text(f->err.uri, sizeof f->err.uri, "", &r->error_uri, NULL, NULL, c, e);
 
   if (has_code && r->status < 500 && r->status != 429) {
     /* RFC 6749 error: permanent */
+    char prefix[96];
     f->err.kind = LA_ERR_OAUTH;
     f->err.retryable = 0;
-    la_error_set(&f->err, LA_ERR_OAUTH, 0, "token request (%s grant) rejected, HTTP %ld: %s%s%s",
-                 la_grant_name(f->sent), r->status, f->err.error,
-                 f->err.description[0] ? ": " : "", f->err.description);
+    snprintf(prefix, sizeof prefix, "token request (%s grant) rejected, HTTP %ld: ",
+             la_grant_name(f->sent), r->status);
+    /* formatted from the raw fields and redacted as a whole */
+    copy_text(f->err.message, sizeof f->err.message, prefix, &r->error, ": ",
+              &r->error_description, c, e);
     if (f->sent == LA_GRANT_REFRESH && is_str(&r->error, "invalid_grant")) {
       la_secret_clear(&e->refresh); /* dead: never send it again */
       /* exactly one password login, and never a second password grant after invalid_grant */

@@ -141,7 +141,7 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
       {"token_url", "client_id", "client_secret", "refresh_token", NULL, NULL},
       {"token_url", "client_id", "client_secret", NULL, NULL, NULL},
       {"access_token", NULL, NULL, NULL, NULL, NULL}};
-  size_t n;
+  size_t n = 0;
   const char *s;
   int i, insecure;
 
@@ -161,6 +161,8 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
 
   if (grant == LA_GRANT_PAT) {
     s = opt_str(L, opts, "access_token", &n);
+    if (s == NULL) /* the table changed under us (an __index that answers once) */
+      luaL_error(L, "lusidauth: the pat grant needs option 'access_token'");
     if (n > LA_TOKEN_MAX || !la_header_safe(s, n))
       luaL_error(L, "lusidauth: option 'access_token' must not contain spaces or control "
                     "characters");

@@ -184,7 +184,27 @@ describe("the lusidauth CLI", function()
     local code, out, err = run({ "-v", "token" }, env())
     assert.equal(0, code)
     assert.is_true(okta.validate(out:match("^(%S+)")).valid)
-    assert.matches("lusidauth: warn: token request %(password grant%) failed: HTTP 503; retry 1 of 3 in 0.00 s", err)
+    assert.matches("lusidauth: warn: token request %(password grant%) failed: HTTP 503; waiting 0 s as the server"
+      .. " asks %(Retry%-After%), then retry 1 of 3", err)
+  end)
+
+  it("says so on a terminal while it waits on a Retry-After", function()
+    okta.script { { status = 429, body = "", headers = { ["Retry-After"] = "1" } } }
+    local e = env()
+    local parts = {}
+    for k, v in pairs(e) do parts[#parts + 1] = k .. "=" .. quote(v) end
+    -- script(1) gives the CLI a terminal for stdout and stderr
+    local inner = table.concat(parts, " ") .. " " .. LUA .. " "
+      .. quote(os.getenv("PWD") .. "/bin/lusidauth") .. " token"
+    local p = io.popen("script -qec " .. quote(inner) .. " /dev/null")
+    local out = p:read("*a")
+    p:close()
+    outputs[#outputs + 1] = out
+    assert.matches("lusidauth: the server asked to wait 1 s (Retry-After); waiting", out, 1, true)
+    assert.equal(2, okta.stats().requests)
+    local code, _, err = run({ "token" }, env()) -- not a terminal: silent
+    assert.equal(0, code)
+    assert.equal("", err)
   end)
 
   it("never prints a configured secret, except the token it was asked for", function()

@@ -57,9 +57,9 @@ cppcheck_n=$(grep -cE '^[^ ]+:[0-9]+:[0-9]+: [a-z]+: ' "$TMP/cppcheck.out")
 #                                         trips it; no defect to find.
 #   bugprone-implicit-widening-of-multiplication-result  fires on constant sizes such as
 #                                         LA_BODY_CAP (1024 * 1024), which cannot overflow.
-#   bugprone-not-null-terminated-result   misreads memcpy-then-memcpy-with-the-NUL
-#                                         (http.c builds "Authorization: " + the terminated
-#                                         auth buffer); ASan in the fuzzers checks this better.
+#   bugprone-not-null-terminated-result   flags a memcpy whose NUL comes from the next one:
+#                                         http.c copies "Authorization: ", then the auth
+#                                         buffer with its terminating NUL (n + 1 bytes).
 #   misc-unused-parameters                Lua C functions and libcurl callbacks have fixed
 #                                         signatures.
 #   cert-dcl51-cpp                        a C++ rule (alias of bugprone-reserved-identifier).

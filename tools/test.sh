@@ -39,7 +39,7 @@ for v in $VERSIONS; do
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
 # suites that run once, not per Lua version: shell scripts printing TAP lines
-EXTRA="${EXTRA_SUITES-tools/embed_test.sh tools/nginx_test.sh tools/memcheck.sh}"
+EXTRA="${EXTRA_SUITES-tools/embed_test.sh tools/nginx_test.sh tools/static_test.sh tools/memcheck.sh}"
 [ "$VERSIONS" = "5.4 5.1 5.2 5.3 jit" ] || EXTRA="${EXTRA_SUITES-}"
 for suite in $EXTRA; do
   echo "== $suite"
