@@ -31,29 +31,19 @@ function M.infer_grant(opts)
   return "client_credentials"
 end
 
-function M.new(opts)
-  check_opts("new", opts)
-  local client = build(M.infer_grant(opts), opts)
-  return client -- not a tail call: the error level counts this frame
+-- The table constructors: the named grant, or (grant == nil) the one new() infers.
+local function constructor(name, grant)
+  return function(opts)
+    check_opts(name, opts)
+    local client = build(grant or M.infer_grant(opts), opts)
+    return client -- not a tail call: the error level counts this frame
+  end
 end
 
-function M.new_password(opts)
-  check_opts("new_password", opts)
-  local client = build("password", opts)
-  return client -- not a tail call: the error level counts this frame
-end
-
-function M.new_refresh_token(opts)
-  check_opts("new_refresh_token", opts)
-  local client = build("refresh_token", opts)
-  return client -- not a tail call: the error level counts this frame
-end
-
-function M.new_client_credentials(opts)
-  check_opts("new_client_credentials", opts)
-  local client = build("client_credentials", opts)
-  return client -- not a tail call: the error level counts this frame
-end
+M.new = constructor("new")
+M.new_password = constructor("new_password", "password")
+M.new_refresh_token = constructor("new_refresh_token", "refresh_token")
+M.new_client_credentials = constructor("new_client_credentials", "client_credentials")
 
 -- new_pat("token") or new_pat{ access_token = "token", ... }
 function M.new_pat(token_or_opts)

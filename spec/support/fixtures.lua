@@ -55,4 +55,14 @@ function F.contains_any(s, secrets)
   return nil
 end
 
+-- Asserts each field of an error object; a field given as F.NIL must be absent.
+F.NIL = {}
+function F.assert_error(err, want)
+  assert(type(err) == "table", "expected an error object, got " .. type(err))
+  for k, v in pairs(want) do
+    if v == F.NIL then v = nil end
+    assert(err[k] == v, ("err.%s: expected %s, got %s"):format(k, tostring(v), tostring(err[k])))
+  end
+end
+
 return F
