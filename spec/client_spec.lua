@@ -502,3 +502,25 @@ describe("a client closed by its own hooks during a refresh", function()
     assert.has_error(function() d:token() end, "lusidauth: the client was closed during its refresh")
   end)
 end)
+
+describe("a proxy", function()
+  before_each(function() okta.reset() end)
+
+  it("carries token requests, with its credentials in their own options, never in the URL", function()
+    -- the fake Okta also accepts absolute-form requests, so it can stand in for the proxy
+    local mime = require "mime"
+    local c = lusidauth.new_password(F.password_opts {
+      proxy = okta.url("http"), proxy_username = "proxy user", proxy_password = "p@ss:w%rd/x",
+    })
+    local t = c:token()
+    assert.is_true(okta.validate(t).valid)
+    local req = okta.requests()[1]
+    assert.equal("Basic " .. mime.b64("proxy user:p@ss:w%rd/x"), req.headers["proxy-authorization"])
+    local bad = lusidauth.new_password(F.password_opts { proxy = "http://127.0.0.1:1", retries = 0, shared = false,
+      proxy_password = "proxy-secret-1234", proxy_username = "u" })
+    local t2, err = bad:token()
+    assert.is_nil(t2)
+    assert.equal("network", err.kind)
+    assert.is_nil(tostring(err):find("proxy-secret-1234", 1, true))
+  end)
+end)
