@@ -37,7 +37,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
 
-.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan bench-build fuzz fuzz-build fuzz-smoke static
+.PHONY: all deps test check demo install uninstall clean clean-build lint rock embed embed-tsan bench-build fuzz fuzz-build fuzz-smoke static bench bench-smoke bench-prereqs
 
 all: $(MODULE)
 
@@ -119,3 +119,15 @@ fuzz fuzz-build fuzz-smoke:
 # cppcheck and clang-tidy on csrc/
 static:
 	@sh tools/static.sh
+
+# Benchmarks (bench/run.sh): every section side by side in rounds, one table of medians and
+# ratios, written to bench/RESULTS.md. bench-smoke: one round, tiny counts, for CI; it fails only
+# when a benchmark did not run or gave no number, never on a timing.
+bench-prereqs: bench-build
+	$(MAKE) LUA_VERSION=5.4 all
+	$(MAKE) LUA_VERSION=jit all
+	$(MAKE) embed
+bench: bench-prereqs
+	bash bench/run.sh
+bench-smoke: bench-prereqs
+	bash bench/run.sh --smoke

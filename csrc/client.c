@@ -38,6 +38,7 @@ static void client_release(la_client *c) {
   c->creds.token_url = c->creds.client_id = c->creds.username = c->creds.scope = NULL;
   la_secret_clear(&c->creds.client_secret);
   la_secret_clear(&c->creds.password);
+  la_secret_clear(&c->creds.basic);
   la_secret_clear(&c->start);
   la_secret_clear(&c->snap);
   la_http_opts_free(&c->http);
@@ -550,4 +551,5 @@ void la_client_open(lua_State *L) {
   lua_setfield(L, -2, "info");
   lua_pushcfunction(L, la_client_request);
   lua_setfield(L, -2, "request");
+  la_api_open(L);
 }

@@ -46,5 +46,6 @@ LA_HIDDEN void la_scratch_free(la_client *c);
 LA_HIDDEN void la_read_options(lua_State *L, la_client *c, int grant, int opts);
 LA_HIDDEN void la_check_url(lua_State *L, const char *name, const char *url, int insecure);
 LA_HIDDEN int la_client_request(lua_State *L);
+LA_HIDDEN void la_api_open(lua_State *L);
 
 #endif

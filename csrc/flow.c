@@ -124,8 +124,11 @@ int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *bod
     if (scope != NULL) rc |= la_form_add(body, "scope", scope, strlen(scope));
     break;
   }
-  rc |= la_basic_auth(auth, c->client_id, strlen(c->client_id), c->client_secret.p,
-                      c->client_secret.n);
+  if (c->basic.p != NULL)
+    rc |= la_buf_add(auth, c->basic.p, c->basic.n);
+  else
+    rc |= la_basic_auth(auth, c->client_id, strlen(c->client_id), c->client_secret.p,
+                        c->client_secret.n);
   return rc ? -1 : 0;
 }
 

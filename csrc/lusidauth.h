@@ -101,6 +101,7 @@ typedef struct la_creds {
   int grant;
   char *token_url, *client_id, *username, *scope;
   la_secret client_secret, password;
+  la_secret basic;       /* "Basic ..." for client_id and client_secret, made once */
   /* policy */
   double refresh_skew;   /* seconds: the refresh window is min(refresh_skew, lifetime / 2) */
   int retries;           /* transient failures retried this many times */

@@ -176,6 +176,14 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
     c->creds.scope = opt_dup(L, opts, "scope");
     opt_secret(L, opts, "client_secret", &c->creds.client_secret);
     opt_secret(L, opts, "password", &c->creds.password);
+    { /* the Basic header is the same for every request: make it once */
+      la_buf b = {NULL, 0, 0};
+      int rc = la_basic_auth(&b, c->creds.client_id, strlen(c->creds.client_id),
+                             c->creds.client_secret.p, c->creds.client_secret.n);
+      if (rc == 0) rc = la_secret_set(&c->creds.basic, b.p, b.n);
+      la_buf_free(&b);
+      if (rc != 0) luaL_error(L, "lusidauth: out of memory");
+    }
     s = opt_str(L, opts, "refresh_token", &n);
     if (s != NULL) {
       if (n > LA_TOKEN_MAX || !la_header_safe(s, n))

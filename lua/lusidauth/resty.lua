@@ -221,13 +221,24 @@ function Client:expires_in() return self.core:expires_in() end
 function Client:close() return self.core:close() end
 
 -- client:headers([extra]) --> the LUSID headers | nil, err; cached-only outside I/O phases.
+-- Without extra headers, the table is built once per token and handed out as a copy: a
+-- gateway calls this on every request.
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
 function Client:headers(extra)
   local token, err = self:token()
   if not token then return nil, err end
+  if extra == nil and self.headers_token == token then return copy(self.headers_cache) end
   local info = self.info
-  return lusidauth.headers.build {
+  local h, herr = lusidauth.headers.build {
     token = token, app_name = info.app_name, correlation_id = info.correlation_id, extra = extra,
   }
+  if h and extra == nil then self.headers_token, self.headers_cache = token, copy(h) end
+  return h, herr
 end
 
 local function wrap(c, opts)
