@@ -403,6 +403,17 @@ static int client_token(lua_State *L) {
   return run_flow(L, c, LA_MODE_TOKEN);
 }
 
+/* The same fresh path for core.step (client at index 1): pushes the token and the seconds left
+ * and returns 2, or returns 0 when the slow path must decide. */
+int la_push_fresh(lua_State *L, la_client *c) {
+  int64_t now = la_now();
+  if (c->snap_gen == 0 || now >= c->snap_refresh_at || la_shared_gen(c->sh) != c->snap_gen)
+    return 0;
+  push_cached_token(L, 1);
+  la_pushseconds(L, (c->snap_expires_at - now) / 1000000000);
+  return 2;
+}
+
 static la_client *check_oauth(lua_State *L, const char *method) {
   la_client *c = la_check_open(L);
   if (c->creds.grant == LA_GRANT_PAT)

@@ -72,6 +72,12 @@ static int step(lua_State *L) {
   la_action a;
   la_error err;
   la_run *r;
+  int n;
+  if (mode == LA_MODE_TOKEN && c->creds.grant != LA_GRANT_PAT && (n = la_push_fresh(L, c)) > 0) {
+    lua_pushliteral(L, "use"); /* fresh: no lock, no allocation, as c:token() */
+    lua_insert(L, -n - 1);
+    return n + 1;
+  }
   la_error_reset(&err);
   if (peek) { /* what a phase that cannot do I/O may have: a usable token, or nothing */
     int st, usable;
