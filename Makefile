@@ -18,7 +18,7 @@ endif
 
 LUA_CFLAGS  := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 CURL_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
-CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
+CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl libcrypto 2>/dev/null || echo -lcurl -lcrypto)
 
 WARN     = -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-qual -Wstrict-prototypes \
            -Wmissing-prototypes -Wdeclaration-after-statement -Wformat=2
@@ -32,7 +32,7 @@ INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 INSTALL_BIN  ?= $(PREFIX)/bin
 
 SRCS = csrc/core.c csrc/client.c csrc/options.c csrc/api.c csrc/step.c csrc/flow.c csrc/cache.c csrc/http.c csrc/response.c \
-       csrc/secret.c csrc/form.c csrc/error.c
+       csrc/secret.c csrc/form.c csrc/error.c csrc/store.c
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so

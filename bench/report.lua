@@ -140,9 +140,9 @@ two full collections. **openresty**: `examples/openresty/nginx.conf` templated a
 answers `200 {}`; `wrk -t1 -c%s -d%ss` against three copies, run in turn, the order reversed
 every other round: `with-lusidauth` (the example as is), `without-lusidauth` (its
 `access_by_lua_block` removed by sed) and `constant-headers` (the block kept, but setting the
-headers table that `client:headers()` returned on the first request: the cost of `access_by_lua`,
+`Authorization` value that `client:authorization()` returned on the first request: the cost of `access_by_lua`,
 `ngx.req.set_header` and the larger upstream request, without lusidauth's per-request work).
-`headers()-call` and `cached()-call` are µs per call of a %s-call loop inside the worker
+`authorization()-call` and `cached()-call` are µs per call of a %s-call loop inside the worker
 (`os.clock`, no network).]]):format(
   p "token_len", p "rt_n", p "rt_proc_n", p "rt_py_n", p "conc_exp", p "conc_n", p "conc_i",
   p "cached_n", p "mem_clients", p "mem_r1", p "mem_r2", p "wrk_c", p "wrk_d", p "hdr_n")

@@ -115,18 +115,18 @@ wait_http "http://127.0.0.1:$API_PORT/api/x" || die "static nginx does not answe
 eval "$(sh spec/support/server.sh start "$OKTA_DIR")" || die "fake Okta did not start"
 OKTA="http://127.0.0.1:$(awk '$1 == "http" { print $2 }' "$LUSIDAUTH_FAKE_OKTA_PORTS")"
 
-CONST_BLOCK='        local h = package.loaded["bench.headers"]
-        if not h then
-          h = assert(package.loaded["lusid.gateway"]:headers())
-          package.loaded["bench.headers"] = h
+CONST_BLOCK='        local a = package.loaded["bench.authorization"]
+        if not a then
+          a = assert(package.loaded["lusid.gateway"]:authorization())
+          package.loaded["bench.authorization"] = a
         end
-        for name, value in pairs(h) do ngx.req.set_header(name, value) end'
+        ngx.req.set_header("Authorization", a)'
 TIMING_LOCATION='    location = /bench/headers {
       content_by_lua_block {
         local client, n = package.loaded["lusid.gateway"], tonumber(ngx.var.arg_n) or 10000
-        assert(client:headers())
+        assert(client:authorization())
         local t0 = os.clock()
-        for _ = 1, n do client:headers() end
+        for _ = 1, n do client:authorization() end
         local t1 = os.clock()
         for _ = 1, n do client:cached() end
         ngx.say(("%.3f %.3f"):format((t1 - t0) / n * 1e6, (os.clock() - t1) / n * 1e6))
@@ -143,7 +143,7 @@ for v in with constant without; do
   mkdir -p "$WORK/gw-$v"
   sed -e "s|@PREFIX@|$WORK/gw-$v/p|g" -e "s|@LUA_PATH@|$ROOT/lua/?.lua;$ROOT/lua/?/init.lua|" \
       -e "s|@LUA_CPATH@|$ROOT/build/jit/?.so|" -e "s|@CA_FILE@|$LUSIDAUTH_TEST_CA|" \
-      -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@LUSID@|http://127.0.0.1:$API_PORT|" -e "s|@WORKERS@|1|" \
+      -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@LUSID@|http://127.0.0.1:$API_PORT|" -e "s|@WORKERS@|1|" -e "s|@RESOLVER@|127.0.0.1|" \
       examples/openresty/nginx.conf >"$conf"
   case $v in
   without) sed -i '/access_by_lua_block {/,/^      }$/d' "$conf" ;;
@@ -230,7 +230,7 @@ headers_call() { # us per client:headers() and per client:cached() inside the "w
   out=$(curl -s "http://127.0.0.1:$GW_WITH/bench/headers?n=$HDR_N")
   set -- $out
   [ $# = 2 ] || { echo "headers_call: $out" >&2; return 1; }
-  echo "RESULT openresty headers()-call $1 us"
+  echo "RESULT openresty authorization()-call $1 us"
   echo "RESULT openresty cached()-call $2 us"
 }
 
@@ -258,7 +258,7 @@ printf '%s\n' "roundtrip libcurl" "roundtrip lusidauth" "roundtrip curl-process"
   "memory rss-per-client" "memory heap-per-client" "memory rss-after-$MEM_R1-refreshes" \
   "memory rss-after-$MEM_R2-refreshes" "memory rss-growth" "memory heap-growth" \
   "openresty with-lusidauth" "openresty without-lusidauth" "openresty constant-headers" \
-  "openresty headers()-call" "openresty cached()-call" >"$EXPECT"
+  "openresty authorization()-call" "openresty cached()-call" >"$EXPECT"
 [ -f bench/cached.lua ] && echo "cached floor" >>"$EXPECT"
 [ -f bench/cached.lua ] || say "bench/cached.lua not present: section cached skipped"
 

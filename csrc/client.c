@@ -4,6 +4,7 @@
  * threads. One refresh per identity is in flight at a time; no lock is held during I/O. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,12 @@ static void client_release(la_client *c) {
   }
   la_shared_release(c->sh);
   c->sh = NULL;
+  la_store_close(c->store); /* closing its descriptor also drops a flock held mid-refresh */
+  c->store = NULL;
   c->snap_gen = 0;
+  free(c->store_kind);
+  free(c->store_dir);
+  c->store_kind = c->store_dir = NULL;
   free(c->creds.token_url);
   free(c->creds.client_id);
   free(c->creds.username);
@@ -84,6 +90,14 @@ static int client_new(lua_State *L) {
   } else {
     if ((c->sh = la_shared_get(&c->creds, &c->start, c->share)) == NULL)
       return luaL_error(L, "lusidauth: out of memory");
+    if (c->store_kind != NULL) {
+      la_error err;
+      la_error_reset(&err);
+      if (strcmp(c->store_kind, "file") != 0)
+        return luaL_error(L, "lusidauth: option 'store' must be \"file\" (or nil)");
+      if ((c->store = la_store_open_file(c->store_dir, &c->creds, &c->start, &err)) == NULL)
+        return luaL_error(L, "lusidauth: %s", err.message);
+    }
     la_secret_clear(&c->start); /* the entry has its own copy */
   }
   c->closed = 0;
@@ -230,6 +244,7 @@ typedef struct run_ctx {
   la_client *c;
   la_flow f;
   la_action a;
+  int store_locked;
 } run_ctx;
 
 /* The requests of one refresh, under lua_pcall: (client, ctx) -> (). Whatever happens in here,
@@ -291,6 +306,9 @@ int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a,
       pthread_mutex_unlock(&sh->lock);
       return rc == 0 ? LA_BEGIN_USE : LA_BEGIN_OOM;
     }
+    /* a refresh whose owner went silent past its own deadline (a Lua-driven run whose
+     * coroutine nginx dropped) is taken over rather than waited for forever */
+    if (sh->in_flight && now > sh->flight_until) sh->in_flight = 0;
     if (!sh->in_flight) break;
     if (!can_wait) {
       pthread_mutex_unlock(&sh->lock);
@@ -315,7 +333,11 @@ int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a,
     }
   }
   sh->in_flight = 1;
+  sh->flight++;
+  sh->flight_until =
+      now + (int64_t)((c->creds.deadline + c->http.timeout + c->http.connect_timeout) * 1e9);
   c->running = 1;
+  c->flight = sh->flight;
   *a = la_flow_start(f, &c->creds, &sh->e, mode, now, (uint64_t)now ^ (uint64_t)(uintptr_t)c);
   pthread_mutex_unlock(&sh->lock);
   return LA_BEGIN_RUN;
@@ -327,20 +349,106 @@ int la_run_end(la_client *c, la_flow *f, la_action a, int raised) {
   la_shared *sh = c->sh;
   int result = (raised || a.kind != LA_ACT_USE) ? LA_BEGIN_FAIL : LA_BEGIN_USE;
   pthread_mutex_lock(&sh->lock);
-  sh->in_flight = 0;
+  if (result == LA_BEGIN_USE && sh->e.access.p == NULL) {
+    /* another client invalidated the new token before we could read it */
+    la_error_set(&f->err, LA_ERR_NETWORK, 1, "the new token was invalidated at once; try again");
+    result = LA_BEGIN_FAIL;
+  }
+  if (sh->in_flight && sh->flight == c->flight) { /* not if it was taken over meanwhile */
+    sh->in_flight = 0;
+    sh->epoch++;
+    sh->failed = result == LA_BEGIN_FAIL;
+    if (raised)
+      la_error_set(&sh->last_error, LA_ERR_CONFIG, 0, "another client's refresh raised an error");
+    else if (sh->failed)
+      sh->last_error = f->err;
+  }
   c->running = 0;
-  sh->epoch++;
-  sh->failed = result == LA_BEGIN_FAIL;
-  if (raised)
-    la_error_set(&sh->last_error, LA_ERR_CONFIG, 0, "another client's refresh raised an error");
-  else if (sh->failed)
-    sh->last_error = f->err;
-  if (result == LA_BEGIN_USE && (sh->e.access.p == NULL || take_snapshot(c) != 0))
-    result = LA_BEGIN_OOM;
+  if (result == LA_BEGIN_USE && take_snapshot(c) != 0) result = LA_BEGIN_OOM;
   pthread_cond_broadcast(&sh->cond);
   pthread_mutex_unlock(&sh->lock);
   la_scratch_free(c);
   return result;
+}
+
+/* ---- the token store: consulted before a network refresh, written after one ---- */
+
+static void store_note(lua_State *L, la_client *c, la_flow *f, int level, const char *msg) {
+  f->note_level = level;
+  snprintf(f->note, sizeof f->note, "%s", msg);
+  log_note(L, c, 1, f);
+}
+
+/* With the process's refresh in flight held: takes the store's refresh lock and loads what
+ * another process stored, then lets the flow decide again. While our token is still valid we
+ * only try the lock once: a busy lock means another process is refreshing, so the valid token
+ * is served. Returns 0 to go on (x->a is the next action), or 1 when x->a settled it. */
+static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
+  la_shared *sh = c->sh;
+  la_error err;
+  int64_t now = la_now();
+  int got, loaded, valid;
+  la_error_reset(&err);
+  pthread_mutex_lock(&sh->lock);
+  valid = la_entry_state(&sh->e, now) == LA_STALE;
+  pthread_mutex_unlock(&sh->lock);
+  la_store_warm(c->store); /* the KDF, once per process, before the lock */
+  got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : c->creds.deadline, &err);
+  if (got < 0) {
+    x->f.err = err;
+    x->a.kind = LA_ACT_FAIL;
+    return 1;
+  }
+  if (got == 0) {
+    if (mode == LA_MODE_TOKEN && valid) {
+      pthread_mutex_lock(&sh->lock);
+      sh->e.retry_at = now + 1000000000; /* look again in a second, not on every call */
+      pthread_mutex_unlock(&sh->lock);
+      x->a.kind = LA_ACT_USE;
+      return 1;
+    }
+    store_note(L, c, &x->f, LA_LOG_WARN,
+               "token store: another process held the refresh lock past the deadline; "
+               "refreshing without it");
+    return 0;
+  }
+  x->store_locked = 1;
+  if (mode != LA_MODE_TOKEN) return 0; /* a forced login or refresh goes to the network */
+  pthread_mutex_lock(&sh->lock);
+  loaded = la_store_load(c->store, &sh->e, c->creds.refresh_skew, &err);
+  if (loaded >= 0) {
+    la_shared_publish(sh);
+    x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, la_now(),
+                         (uint64_t)now ^ (uint64_t)(uintptr_t)c);
+  }
+  pthread_mutex_unlock(&sh->lock);
+  if (loaded < 0) {
+    x->f.err = err;
+    x->a.kind = LA_ACT_FAIL;
+    return 1;
+  }
+  if (loaded > 0 && x->a.kind == LA_ACT_USE)
+    store_note(L, c, &x->f, LA_LOG_DEBUG, "token store: used the token another process stored");
+  return 0;
+}
+
+/* After the requests: stores what they got, and releases the store's lock. */
+static void store_after(lua_State *L, la_client *c, run_ctx *x, int ok) {
+  la_entry copy;
+  la_error err;
+  int rc = 0;
+  if (!x->store_locked) return;
+  if (ok && x->f.attempts > 0) {
+    memset(&copy, 0, sizeof copy);
+    pthread_mutex_lock(&c->sh->lock);
+    copy = c->sh->e; /* shallow: the secrets stay owned by the entry while the lock is held */
+    la_error_reset(&err);
+    rc = la_store_save(c->store, &copy, &err);
+    pthread_mutex_unlock(&c->sh->lock);
+    if (rc != 0) store_note(L, c, &x->f, LA_LOG_WARN, err.message);
+  }
+  la_store_unlock(c->store);
+  x->store_locked = 0;
 }
 
 /* The slow path of token(), and login() and refresh(), over libcurl: blocking. */
@@ -370,11 +478,17 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
   default:
     break;
   }
-  rc = lua_pcall(L, 2, 0, 0);
-  if (c->closed) { /* by a hook: client_release already ended the refresh */
+  if (c->store != NULL && store_before(L, c, x, mode) != 0) {
+    lua_pop(L, 3); /* the requests are not run */
+    rc = 0;
+  } else {
+    rc = lua_pcall(L, 2, 0, 0);
+  }
+  if (c->closed) { /* by a hook: client_release already ended the refresh and the store */
     if (rc != 0) return lua_error(L);
     return luaL_error(L, "lusidauth: the client was closed during its refresh");
   }
+  if (c->store != NULL) store_after(L, c, x, rc == 0 && x->a.kind == LA_ACT_USE);
   result = la_run_end(c, &x->f, x->a, rc != 0);
   if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
   if (result == LA_BEGIN_OOM) return luaL_error(L, "lusidauth: out of memory");
@@ -433,7 +547,7 @@ static int client_invalidate(lua_State *L) {
   la_client *c = la_check_open(L);
   if (c->creds.grant == LA_GRANT_PAT) return 0;
   pthread_mutex_lock(&c->sh->lock);
-  if (c->snap_gen == 0 || c->sh->e.gen == c->snap_gen) {
+  if (c->snap_gen != 0 && c->sh->e.gen == c->snap_gen) {
     la_entry_invalidate(&c->sh->e);
     la_shared_publish(c->sh);
   }

@@ -15,10 +15,13 @@ typedef struct la_client {
   int insecure_http;
   int share;              /* join the process-wide entry of this identity */
   int running;            /* this client holds its entry's refresh in flight */
+  unsigned long flight;   /* the entry's flight number it holds */
   la_creds creds;
   la_secret start;        /* the refresh token, or the PAT, given in the options */
   la_http_opts http;
   la_shared *sh;          /* the token state: shared with same-identity clients, or private */
+  la_store *store;        /* the token store behind it, or NULL */
+  char *store_kind, *store_dir;
   CURL *curl;
   /* what the fresh path serves without taking a lock: the token string in UV_TOKEN is the one
    * of generation snap_gen, valid until snap_refresh_at */

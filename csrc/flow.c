@@ -97,6 +97,9 @@ la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, in
     if (state == LA_FRESH) return act(LA_ACT_USE, 0);
     /* stale and backing off after a failed refresh: keep serving the valid token */
     if (state == LA_STALE && now < e->retry_at) return act(LA_ACT_USE, 0);
+    /* stale, and nothing to refresh with (a refresh token got invalid_grant): serve it out */
+    if (state == LA_STALE && e->refresh.p == NULL && c->grant == LA_GRANT_REFRESH)
+      return act(LA_ACT_USE, 0);
     return obtain(f, c, e);
   }
 }

@@ -117,6 +117,8 @@ static CURL *handle(CURL **curlp, const la_http_opts *o, la_error *err) {
   }
   if ((rc = configure(*curlp, o)) != CURLE_OK) {
     la_error_set(err, LA_ERR_CONFIG, 0, "libcurl refused an option: %s", curl_easy_strerror(rc));
+    curl_easy_cleanup(*curlp); /* never reuse a half-configured handle */
+    *curlp = NULL;
     return NULL;
   }
   return *curlp;
@@ -147,8 +149,8 @@ int la_http_perform(CURL **curlp, const la_http_opts *o, const la_http_req *rq,
   curl_easy_setopt(h, CURLOPT_HTTPGET, 1L); /* resets the method of the previous request */
   if (strcmp(rq->method, "HEAD") == 0) {
     curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
-  } else if (rq->body != NULL) {
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, rq->body);
+  } else if (rq->body != NULL || strcmp(rq->method, "POST") == 0) {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, rq->body != NULL ? rq->body : "");
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)rq->body_len);
   }
   if (strcmp(rq->method, "GET") != 0 && strcmp(rq->method, "POST") != 0 &&

@@ -118,6 +118,8 @@ typedef struct la_shared {
   pthread_cond_t cond;    /* signalled when a refresh in flight ends */
   la_entry e;
   int in_flight;          /* a refresh of this identity is in progress somewhere */
+  unsigned long flight;   /* which one: bumped each time a refresh is taken */
+  int64_t flight_until;   /* la_now() after which a silent refresh counts as abandoned */
   unsigned long epoch;    /* refreshes completed, successful or not */
   int failed;             /* the last one failed, with last_error */
   la_error last_error;
@@ -187,6 +189,17 @@ LA_HIDDEN la_action la_flow_response(la_flow *f, const la_creds *c, la_entry *e,
 LA_HIDDEN const char *la_grant_name(int grant);
 
 
+
+/* ---- store.c: the token store behind the process's cache ---- */
+typedef struct la_store la_store;
+LA_HIDDEN la_store *la_store_open_file(const char *dir, const la_creds *c, const la_secret *start,
+                                       la_error *err);
+LA_HIDDEN void la_store_close(la_store *s);
+LA_HIDDEN int la_store_lock(la_store *s, double wait, la_error *err);
+LA_HIDDEN void la_store_unlock(la_store *s);
+LA_HIDDEN int la_store_load(la_store *s, la_entry *e, double skew, la_error *err);
+LA_HIDDEN int la_store_save(la_store *s, const la_entry *e, la_error *err);
+LA_HIDDEN void la_store_warm(la_store *s);
 
 /* ---- the Lua side of each file ---- */
 struct lua_State;

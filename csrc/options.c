@@ -13,7 +13,7 @@ static const char *const known_options[] = {
     "access_token", "scope", "refresh_skew", "timeout", "connect_timeout", "retries", "proxy",
     "proxy_username", "proxy_password", "ca_file", "ca_path", "insecure_http", "user_agent",
     "app_name", "api_url", "on_refresh_token", "shared", "correlation_id", "read_timeout", "log",
-    "max_retry_wait", "retry_base", "deadline", NULL};
+    "max_retry_wait", "retry_base", "deadline", "store", "store_dir", NULL};
 
 static void check_known(lua_State *L, int opts) {
   lua_pushnil(L);
@@ -197,6 +197,10 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
   c->http.proxy = opt_dup(L, opts, "proxy");
   c->http.proxy_username = opt_dup(L, opts, "proxy_username");
   opt_secret(L, opts, "proxy_password", &c->http.proxy_password);
+  c->store_kind = opt_dup(L, opts, "store");
+  c->store_dir = opt_dup(L, opts, "store_dir");
+  if (c->store_kind != NULL && grant == LA_GRANT_PAT)
+    luaL_error(L, "lusidauth: option 'store' does not apply to a personal access token");
   c->http.ca_file = opt_dup(L, opts, "ca_file");
   c->http.ca_path = opt_dup(L, opts, "ca_path");
   c->http.user_agent = opt_dup(L, opts, "user_agent");

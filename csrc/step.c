@@ -3,7 +3,8 @@
  * the libcurl driver runs in C (client.c) runs here in Lua: the same state machine, the same
  * shared entry, the same rules; only the I/O and the waiting are the caller's.
  *
- *   core.step(c, mode, peek) --> "use", token[, expires_in] | "busy" | "refresh" | "fail", err
+ *   core.step(c, mode, peek, epoch) --> "use", token[, expires_in] | "busy", epoch | "refresh"
+ *                                | "fail", err
  *                                | "run", run, "send", grant | "run", run, "done"
  *   run:request()            --> url, form_body, authorization_or_nil
  *   run:response(status, retry_after, rate_limit_reset, body) --> "send", grant | "wait", s | "done"
@@ -80,7 +81,7 @@ static int step(lua_State *L) {
   }
   la_error_reset(&err);
   if (peek) { /* what a phase that cannot do I/O may have: a usable token, or nothing */
-    int st, usable;
+    int st, usable, busy;
     int64_t now = la_now();
     pthread_mutex_lock(&c->sh->lock);
     st = la_entry_state(&c->sh->e, now);
@@ -91,14 +92,30 @@ static int step(lua_State *L) {
       c->snap_refresh_at = c->sh->e.refresh_at;
       c->snap_expires_at = c->sh->e.expires_at;
     }
+    busy = c->sh->in_flight;
     pthread_mutex_unlock(&c->sh->lock);
     if (usable < 0) return luaL_error(L, "lusidauth: out of memory");
     if (!usable) {
-      lua_pushstring(L, c->sh->in_flight ? "busy" : "refresh");
+      lua_pushstring(L, busy ? "busy" : "refresh");
       return 1;
     }
     lua_pushliteral(L, "use");
     return 1 + la_push_snapshot(L, c, 1);
+  }
+  if (!lua_isnoneornil(L, 4)) { /* after a wait: did the refresh we waited for fail? */
+    unsigned long seen = (unsigned long)luaL_checknumber(L, 4);
+    int st, failed;
+    pthread_mutex_lock(&c->sh->lock);
+    st = la_entry_state(&c->sh->e, la_now());
+    failed = mode == LA_MODE_TOKEN && c->sh->epoch != seen && c->sh->failed && !c->sh->in_flight &&
+             st != LA_FRESH && st != LA_STALE;
+    if (failed) err = c->sh->last_error;
+    pthread_mutex_unlock(&c->sh->lock);
+    if (failed) { /* report it rather than send another refresh at once */
+      lua_pushliteral(L, "fail");
+      la_push_error(L, &err);
+      return 2;
+    }
   }
   /* box first: the run must exist before the refresh is taken */
   r = (la_run *)la_newuserdata(L, sizeof *r);
@@ -116,8 +133,12 @@ static int step(lua_State *L) {
     lua_pushliteral(L, "use");
     return 1 + la_push_snapshot(L, c, 1);
   case LA_BEGIN_BUSY:
+    pthread_mutex_lock(&c->sh->lock);
+    n = (int)c->sh->epoch; /* handed back after the wait, to tell whether it failed */
+    pthread_mutex_unlock(&c->sh->lock);
     lua_pushliteral(L, "busy");
-    return 1;
+    lua_pushnumber(L, (lua_Number)(unsigned)n);
+    return 2;
   case LA_BEGIN_FAIL:
     lua_pushliteral(L, "fail");
     la_push_error(L, &err);

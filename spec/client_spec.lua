@@ -524,3 +524,47 @@ describe("a proxy", function()
     assert.is_nil(tostring(err):find("proxy-secret-1234", 1, true))
   end)
 end)
+
+describe("review fixes", function()
+  before_each(function() okta.reset() end)
+
+  it("a refresh-token client keeps serving a still-valid token after invalid_grant", function()
+    okta.config { expires_in = 4 }
+    local login = lusidauth.new_password(F.password_opts { shared = false })
+    login:login()
+    local c = lusidauth.new_refresh_token(F.cc_opts { refresh_token = login:refresh_token(), refresh_skew = 3,
+      shared = false })
+    local t = c:token()
+    okta.revoke { refresh_token = c:refresh_token() }
+    F.sleep(2.2) -- stale: the refresh gets invalid_grant, the token is served
+    assert.equal(t, (c:token()))
+    F.sleep(1.1) -- past the backoff, still valid: still served, not an error
+    assert.equal(t, (c:token()))
+  end)
+
+  it("never reuses a libcurl handle that refused an option", function()
+    local c = lusidauth.new_password(F.password_opts { shared = false, retries = 0, proxy = "http://127.0.0.1:1",
+      user_agent = ("u"):rep(9 * 1024 * 1024) })
+    for _ = 1, 2 do
+      local t, err = c:token()
+      assert.is_nil(t)
+      assert.matches("libcurl refused an option", err.message)
+    end
+    assert.equal(0, okta.stats().requests)
+  end)
+
+  it("an invalidate during another client's refresh gives an error, not a crash", function()
+    okta.config { expires_in = 4 }
+    local b = lusidauth.new_password(F.password_opts())
+    local a = lusidauth.new_password(F.password_opts { refresh_skew = 3, log = function() b:invalidate() end })
+    a:token()
+    b:token()
+    F.sleep(2.2)
+    okta.script { { status = 503, body = "down" } }
+    local t, err = a:token() -- 503: the still-valid token would be served, but b drops it first
+    assert.is_nil(t)
+    assert.equal("network", err.kind)
+    assert.is_true(err.retryable)
+    assert.matches("invalidated", err.message)
+  end)
+end)

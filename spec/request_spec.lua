@@ -56,6 +56,8 @@ describe("client:request", function()
     assert.equal("text/plain", r3.json.headers["content-type"])
     local r4 = assert(c:request { method = "DELETE", url = okta.api_url("http") .. "/api/echo" })
     assert.equal("DELETE", r4.json.method)
+    local r5 = assert(c:request { method = "POST", path = "/api/echo" }) -- no body: still a POST
+    assert.equal("POST", r5.json.method)
   end)
 
   it("after a 401 invalidates the token and retries once: one token request, one API call more", function()
@@ -110,6 +112,17 @@ describe("client:request", function()
       .. " (Fake error with status 404.)", tostring(err))
     local _, err503 = c:request { path = "/api/status/503" }
     assert.is_true(err503.retryable)
+  end)
+
+  it("redacts the token from a LUSID error body that echoes it", function()
+    local c = client()
+    local token = c:token()
+    okta.script { { endpoint = "api", status = 400,
+      body = ('{"name":"BadRequest","title":"bad %s","detail":"Bearer %s"}'):format(token, token) } }
+    local _, err = c:request { path = "/api/portfolios" }
+    assert.equal(400, err.status)
+    assert.is_nil(tostring(err):find(token, 1, true))
+    assert.equal("Bearer [redacted]", err.detail)
   end)
 
   it("returns network errors as nil, err", function()

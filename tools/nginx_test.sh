@@ -24,7 +24,7 @@ start() { # start WORKERS
   mkdir -p "$WORK/p"
   sed -e "s|@PREFIX@|$WORK/p|g" -e "s|@LUA_PATH@|$ROOT/lua/?.lua;$ROOT/lua/?/init.lua|" \
       -e "s|@LUA_CPATH@|$ROOT/build/jit/?.so|" -e "s|@CA_FILE@|$LUSIDAUTH_TEST_CA|" \
-      -e "s|@LISTEN@|127.0.0.1:$PORT|" -e "s|@LUSID@|$BASE|" -e "s|@WORKERS@|$1|" \
+      -e "s|@LISTEN@|127.0.0.1:$PORT|" -e "s|@LUSID@|$BASE|" -e "s|@WORKERS@|$1|" -e "s|@RESOLVER@|127.0.0.1|" \
       examples/openresty/nginx.conf > "$WORK/nginx.conf"
   [ "$(id -u)" = 0 ] && sed -i '1i user root root;' "$WORK/nginx.conf"
   : > "$WORK/p/error.log"

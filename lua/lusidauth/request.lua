@@ -34,7 +34,21 @@ function R.query(q)
   return table.concat(parts, "&")
 end
 
-local function api_error(resp, method, path)
+-- s with every occurrence of token replaced: a server may echo the request in its error.
+local function redact(s, token)
+  if type(s) ~= "string" or not token or #token < 4 then return s end
+  local out, i = {}, 1
+  while true do
+    local a, b = s:find(token, i, true)
+    if not a then break end
+    out[#out + 1] = s:sub(i, a - 1) .. "[redacted]"
+    i = b + 1
+  end
+  out[#out + 1] = s:sub(i)
+  return table.concat(out)
+end
+
+local function api_error(resp, method, path, token)
   local j = type(resp.json) == "table" and resp.json or {}
   local e = {
     kind = "http",
@@ -45,7 +59,7 @@ local function api_error(resp, method, path)
   }
   -- a LUSID error body: name, errorDetails, code, title, detail, instance
   for _, k in ipairs { "name", "code", "title", "detail", "instance" } do
-    if type(j[k]) == "string" or type(j[k]) == "number" then e[k] = j[k] end
+    if type(j[k]) == "string" or type(j[k]) == "number" then e[k] = redact(j[k], token) end
   end
   if type(j.errorDetails) == "table" then e.error_details = j.errorDetails end
   local what = e.name and (" " .. tostring(e.name)) or ""
@@ -125,7 +139,7 @@ function R.request(self, req)
         local j = cjson.decode(rbody)
         if j ~= nil then resp.json = j end
       end
-      if status >= 400 then return nil, api_error(resp, method, shown) end
+      if status >= 400 then return nil, api_error(resp, method, shown, h.Authorization:sub(8)) end
       return resp
     end
   end

@@ -10,6 +10,9 @@
 --   local token, err = client:token()     -- access, rewrite, content, timer: may refresh
 --   local h, err = client:headers(extra)  -- the LUSID headers, as lusidauth's headers()
 --   client:cached()                       -- any phase: a usable token, or nil, err; no I/O
+--   client:authorization()                -- "Bearer <token>", made once per token
+-- on_refresh_token and log run inside a C call here: they must not yield (no cosocket, no
+-- ngx.sleep); hand work to ngx.timer.at instead.
 local lusidauth = require "lusidauth"
 local core = lusidauth.core
 local semaphore = require "ngx.semaphore"
@@ -40,13 +43,16 @@ local function parse_url(url)
 end
 
 local function read_body(sock, headers)
-  local len = tonumber(headers["content-length"] or "")
-  if len then
+  local chunked = (headers["transfer-encoding"] or ""):lower():find("chunked", 1, true)
+  local cl = headers["content-length"]
+  if cl and not chunked then -- chunked wins when both are sent (RFC 9112)
+    if not cl:match("^%d+$") then return nil, "protocol", "bad Content-Length" end
+    local len = tonumber(cl)
     if len > BODY_CAP then return nil, "protocol", "response body exceeds 1048576 bytes" end
     if len == 0 then return "" end
     return sock:receive(len)
   end
-  if (headers["transfer-encoding"] or ""):lower():find("chunked", 1, true) then
+  if chunked then
     local parts, total = {}, 0
     while true do
       local line, err = sock:receive("*l")
@@ -189,8 +195,9 @@ local function obtain(self, mode)
   end
   local key = self.key
   local deadline = ngx.now() + (self.info.deadline or 60)
+  local epoch
   while true do
-    local kind, a, b, c = core.step(self.core, mode)
+    local kind, a, b, c = core.step(self.core, mode, false, epoch)
     if kind == "use" then return a, b end
     if kind == "fail" then return nil, a end
     if kind == "run" then
@@ -203,7 +210,9 @@ local function obtain(self, mode)
       wake(key)
       return token, expires_in
     end
-    -- busy: another coroutine of this worker is refreshing; wait for it, then look again
+    -- busy: another coroutine of this worker is refreshing; wait for it, then look again (and
+    -- if that refresh failed, core.step says so instead of starting another)
+    epoch = a
     local left = deadline - ngx.now()
     if left <= 0 then
       return nil, err_obj("timeout", "waited for another request's refresh of the same identity")
@@ -214,6 +223,15 @@ local function obtain(self, mode)
 end
 
 function Client:token() return obtain(self, "token") end
+
+-- client:authorization() --> "Bearer <token>" | nil, err: the one header a gateway needs, made
+-- once per token, so a request costs no string building.
+function Client:authorization()
+  local token, err = self:token()
+  if not token then return nil, err end
+  if self.auth_token ~= token then self.auth_token, self.auth_value = token, "Bearer " .. token end
+  return self.auth_value
+end
 function Client:login() return obtain(self, "login") end
 function Client:refresh() return obtain(self, "refresh") end
 function Client:invalidate() return self.core:invalidate() end
