@@ -434,16 +434,13 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
 
 /* After the requests: stores what they got, and releases the store's lock. */
 static void store_after(lua_State *L, la_client *c, run_ctx *x, int ok) {
-  la_entry copy;
   la_error err;
-  int rc = 0;
   if (!x->store_locked) return;
   if (ok && x->f.attempts > 0) {
-    memset(&copy, 0, sizeof copy);
-    pthread_mutex_lock(&c->sh->lock);
-    copy = c->sh->e; /* shallow: the secrets stay owned by the entry while the lock is held */
+    int rc;
     la_error_reset(&err);
-    rc = la_store_save(c->store, &copy, &err);
+    pthread_mutex_lock(&c->sh->lock); /* the entry's secrets are read in place */
+    rc = la_store_save(c->store, &c->sh->e, &err);
     pthread_mutex_unlock(&c->sh->lock);
     if (rc != 0) store_note(L, c, &x->f, LA_LOG_WARN, err.message);
   }
