@@ -23,6 +23,7 @@ external_dependencies = {
   -- library only: Debian keeps curl/curl.h under a multiarch include dir that luarocks 3.8
   -- does not search (the compiler does), so a header check would fail there.
   CURL = { library = "curl" },
+  OPENSSL = { library = "crypto" }, -- PBKDF2 and SHA-256 for the file store
 }
 build = {
   type = "builtin",
@@ -31,15 +32,16 @@ build = {
     ["lusidauth.config"] = "lua/lusidauth/config.lua",
     ["lusidauth.headers"] = "lua/lusidauth/headers.lua",
     ["lusidauth.request"] = "lua/lusidauth/request.lua",
+    ["lusidauth.resty"] = "lua/lusidauth/resty.lua",
     ["lusidauth.core"] = {
       sources = {
         "csrc/core.c", "csrc/client.c", "csrc/options.c", "csrc/api.c",
-        "csrc/step.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
+        "csrc/step.c", "csrc/store.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
         "csrc/response.c", "csrc/secret.c", "csrc/form.c", "csrc/error.c",
       },
-      libraries = { "curl", "pthread" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "crypto", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
   },
 }
