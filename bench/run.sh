@@ -147,10 +147,10 @@ for v in with constant without; do
       examples/openresty/nginx.conf >"$conf"
   case $v in
   without) sed -i '/access_by_lua_block {/,/^      }$/d' "$conf" ;;
-  constant) # the block's body replaced: set the headers() of the first request on every request
+  constant) # the block's body replaced: set the Authorization of the first request on every request
     awk -v body="$CONST_BLOCK" 'skip && /^      }$/ { skip = 0 } skip { next }
       /access_by_lua_block \{/ { print; print body; skip = 1; next } { print }' "$conf" >"$conf.tmp" ;;
-  with) # one more location, timing client:headers() inside the worker (no network)
+  with) # one more location, timing client:authorization() inside the worker (no network)
     awk -v loc="$TIMING_LOCATION" '/location = \/health/ { print loc } { print }' "$conf" >"$conf.tmp" ;;
   esac
   [ -f "$conf.tmp" ] && mv "$conf.tmp" "$conf"
@@ -158,7 +158,7 @@ for v in with constant without; do
   wait_http "http://127.0.0.1:$port/health" || die "gateway ($v) does not answer"
 done
 grep -q access_by_lua "$WORK/gw-without/nginx.conf" && die "sed left access_by_lua in the 'without' config"
-grep -q 'bench.headers' "$WORK/gw-constant/nginx.conf" || die "the 'constant' config was not made"
+grep -q 'bench.authorization' "$WORK/gw-constant/nginx.conf" || die "the 'constant' config was not made"
 # each gateway must do what it claims: the upstream sees a bearer token only through "with"
 sleep 0.2 # the first token is fetched in a timer
 for v in with:yes constant:yes without:no; do
