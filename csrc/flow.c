@@ -162,7 +162,7 @@ static void copy_text(char *dst, size_t cap, const char *prefix, const la_field 
   const la_secret *secrets[4];
   la_buf b = {NULL, 0, 0}, basic = {NULL, 0, 0};
   size_t i, n;
-  int rc = la_buf_addstr(&b, prefix);
+  int pass, rc = la_buf_addstr(&b, prefix);
   dst[0] = '\0';
   if (rc == 0 && fa != NULL && fa->type == LA_F_STRING) rc = la_buf_add(&b, fa->p, fa->n);
   if (rc == 0 && fb != NULL && fb->type == LA_F_STRING && fb->n > 0) {
@@ -173,19 +173,24 @@ static void copy_text(char *dst, size_t cap, const char *prefix, const la_field 
   secrets[1] = &c->client_secret;
   secrets[2] = &e->refresh;
   secrets[3] = &e->access;
-  for (i = 0; rc == 0 && i < 4; i++)
-    if (secrets[i]->p != NULL) rc = redact_forms(&b, secrets[i]->p, secrets[i]->n);
-  /* the HTTP Basic credential, base64 of the encoded id and secret */
-  if (rc == 0 && c->client_id != NULL && c->client_secret.p != NULL &&
-      (rc = la_basic_auth(&basic, c->client_id, strlen(c->client_id), c->client_secret.p,
-                          c->client_secret.n)) == 0)
-    rc = redact_forms(&b, basic.p + 6, basic.n - 6);
+  if (rc == 0 && c->client_id != NULL && c->client_secret.p != NULL)
+    rc = la_basic_auth(&basic, c->client_id, strlen(c->client_id), c->client_secret.p,
+                       c->client_secret.n);
+  /* twice: on the raw bytes (a secret holding a control character), then once control
+   * characters are spaces (a secret whose space the server sent as a control character) */
+  for (pass = 0; rc == 0 && pass < 2; pass++) {
+    for (i = 0; rc == 0 && i < 4; i++)
+      if (secrets[i]->p != NULL) rc = redact_forms(&b, secrets[i]->p, secrets[i]->n);
+    /* the HTTP Basic credential, base64 of the encoded id and secret */
+    if (rc == 0 && basic.n > 6) rc = redact_forms(&b, basic.p + 6, basic.n - 6);
+    for (i = 0; pass == 0 && i < b.n; i++) {
+      unsigned char ch = (unsigned char)b.p[i];
+      if (ch < 0x20 || ch == 0x7f) b.p[i] = ' ';
+    }
+  }
   if (rc == 0 && b.n > 0) {
     n = b.n < cap - 1 ? b.n : cap - 1;
-    for (i = 0; i < n; i++) {
-      unsigned char ch = (unsigned char)b.p[i];
-      dst[i] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
-    }
+    memcpy(dst, b.p, n);
     dst[n] = '\0';
   } else if (rc != 0) {
     snprintf(dst, cap, "%s(not shown: out of memory)", prefix);
