@@ -130,7 +130,7 @@ static void store_cached_token(lua_State *L, int cidx) {
 }
 
 /* With the entry's lock held: copies the token for la_push_snapshot. 0, or -1 (memory). */
-static int take_snapshot(la_client *c) {
+int la_take_snapshot(la_client *c) {
   const la_entry *e = &c->sh->e;
   if (la_secret_set(&c->snap, e->access.p, e->access.n) != 0) return -1;
   c->snap_gen = e->gen;
@@ -302,7 +302,7 @@ int la_run_begin(la_client *c, int mode, int can_wait, la_flow *f, la_action *a,
     unsigned long epoch;
     if (mode == LA_MODE_TOKEN &&
         (st == LA_FRESH || (st == LA_STALE && (sh->in_flight || now < sh->e.retry_at)))) {
-      int rc = take_snapshot(c);
+      int rc = la_take_snapshot(c);
       pthread_mutex_unlock(&sh->lock);
       return rc == 0 ? LA_BEGIN_USE : LA_BEGIN_OOM;
     }
@@ -364,7 +364,7 @@ int la_run_end(la_client *c, la_flow *f, la_action a, int raised) {
       sh->last_error = f->err;
   }
   c->running = 0;
-  if (result == LA_BEGIN_USE && take_snapshot(c) != 0) result = LA_BEGIN_OOM;
+  if (result == LA_BEGIN_USE && la_take_snapshot(c) != 0) result = LA_BEGIN_OOM;
   pthread_cond_broadcast(&sh->cond);
   pthread_mutex_unlock(&sh->lock);
   la_scratch_free(c);
@@ -497,30 +497,26 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
  * and allocates nothing: the token string was made when the token changed. */
 static int client_token(lua_State *L) {
   la_client *c = (la_client *)lua_touserdata(L, 1);
-  int64_t now;
+  int n;
   /* the metatable is this closure's upvalue: cheaper than luaL_checkudata's registry lookup */
   if (c == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)) ||
       c->closed)
     c = la_check_open(L); /* raises with the usual message */
   else
     lua_pop(L, 1);
-  now = la_now();
-  if (c->snap_gen != 0 && now < c->snap_refresh_at && la_shared_gen(c->sh) == c->snap_gen) {
-    push_cached_token(L, 1);
-    if (c->creds.grant == LA_GRANT_PAT) return 1;
-    la_pushseconds(L, (c->snap_expires_at - now) / 1000000000);
-    return 2;
-  }
+  if ((n = la_push_fresh(L, c)) > 0) return n;
   return run_flow(L, c, LA_MODE_TOKEN);
 }
 
-/* The same fresh path for core.step (client at index 1): pushes the token and the seconds left
- * and returns 2, or returns 0 when the slow path must decide. */
+/* The fresh path, shared by token() and core.step (client at index 1): one clock read, one
+ * atomic load, no lock, no allocation. Pushes the token (and, but for a PAT, the seconds left)
+ * and returns how many values it pushed, or 0 when the slow path must decide. */
 int la_push_fresh(lua_State *L, la_client *c) {
   int64_t now = la_now();
   if (c->snap_gen == 0 || now >= c->snap_refresh_at || la_shared_gen(c->sh) != c->snap_gen)
     return 0;
   push_cached_token(L, 1);
+  if (c->creds.grant == LA_GRANT_PAT) return 1;
   la_pushseconds(L, (c->snap_expires_at - now) / 1000000000);
   return 2;
 }

@@ -42,6 +42,7 @@ LA_HIDDEN void la_step_build(lua_State *L, la_client *c, int grant);
 LA_HIDDEN la_action la_step_ingest(lua_State *L, la_client *c, int cidx, la_flow *f,
                                    la_response *r, const char *body, size_t n, int64_t sent_at);
 LA_HIDDEN int la_push_fresh(lua_State *L, la_client *c);
+LA_HIDDEN int la_take_snapshot(la_client *c);
 LA_HIDDEN int la_push_snapshot(lua_State *L, la_client *c, int cidx);
 LA_HIDDEN int la_push_failure(lua_State *L, const la_error *err);
 LA_HIDDEN la_client *la_check_client(lua_State *L);

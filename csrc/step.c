@@ -74,7 +74,7 @@ static int step(lua_State *L) {
   la_error err;
   la_run *r;
   int n;
-  if (mode == LA_MODE_TOKEN && c->creds.grant != LA_GRANT_PAT && (n = la_push_fresh(L, c)) > 0) {
+  if (mode == LA_MODE_TOKEN && (n = la_push_fresh(L, c)) > 0) {
     lua_pushliteral(L, "use"); /* fresh: no lock, no allocation, as c:token() */
     lua_insert(L, -n - 1);
     return n + 1;
@@ -86,12 +86,7 @@ static int step(lua_State *L) {
     pthread_mutex_lock(&c->sh->lock);
     st = la_entry_state(&c->sh->e, now);
     usable = st == LA_FRESH || st == LA_STALE;
-    if (usable && la_secret_set(&c->snap, c->sh->e.access.p, c->sh->e.access.n) != 0) usable = -1;
-    if (usable > 0) {
-      c->snap_gen = c->sh->e.gen;
-      c->snap_refresh_at = c->sh->e.refresh_at;
-      c->snap_expires_at = c->sh->e.expires_at;
-    }
+    if (usable && la_take_snapshot(c) != 0) usable = -1;
     busy = c->sh->in_flight;
     pthread_mutex_unlock(&c->sh->lock);
     if (usable < 0) return luaL_error(L, "lusidauth: out of memory");

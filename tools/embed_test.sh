@@ -10,9 +10,7 @@ export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;"
 export FBN_TOKEN_URL="$BASE/oauth2/default/v1/token" FBN_CLIENT_ID=lusid-client FBN_CLIENT_SECRET='p+w%d:x'
 export FBN_USERNAME=alice@example.com FBN_PASSWORD='correct horse'
 export LUSIDAUTH_VALIDATE_URL="$BASE/_control/validate"
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-notok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+. tools/tap.sh
 ctl() { curl -s -X POST -d "${2:-{\}}" "$BASE/_control/$1" >/dev/null; }
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 stat() { curl -s "$BASE/_control/stats" | lua5.4 -e 'local j = require("cjson").decode(io.read("a")) print(("%d %d %d"):format(j.grants.password, j.grants.refresh_token, j.reuse))'; }

@@ -5,9 +5,7 @@
 # Prints TAP-style lines.
 set -u
 cd "$(dirname "$0")/.."
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-notok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+. tools/tap.sh
 OUT=$(mktemp -d /tmp/lusidauth-memcheck.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 export LUSIDAUTH_LUA=lua5.4 LUSIDAUTH_LUA_VERSION=5.4 LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;"

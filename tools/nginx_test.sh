@@ -8,9 +8,7 @@ ROOT=$PWD
 P=$(awk '$1 == "http" { print $2 }' "$LUSIDAUTH_FAKE_OKTA_PORTS")
 BASE="http://127.0.0.1:$P"
 WORK=$(mktemp -d /tmp/lusidauth-nginx.XXXXXX)
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-notok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+. tools/tap.sh
 ctl() { curl -s -X POST -d "${2:-{\}}" "$BASE/_control/$1" >/dev/null; }
 stat() { curl -s "$BASE/_control/stats" | lua5.4 -e 'local j = require("cjson").decode(io.read("a")) print(("%d %d %d %d"):format(j.grants.password, j.grants.refresh_token, j.reuse, j.api_requests))'; }
 free_port() { lua5.4 -e 'local s = require("socket").bind("127.0.0.1", 0) local _, p = s:getsockname() print(p) s:close()'; }

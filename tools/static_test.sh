@@ -4,9 +4,7 @@
 # FUZZ_SECONDS (default 30) from the committed seed corpus.
 set -u
 cd "$(dirname "$0")/.."
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-notok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+. tools/tap.sh
 OUT=$(mktemp -d /tmp/lusidauth-static.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 if sh tools/static.sh > "$OUT/static" 2>&1; then ok "cppcheck and clang-tidy: $(tail -1 "$OUT/static")"
