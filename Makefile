@@ -18,7 +18,7 @@ endif
 
 LUA_CFLAGS  := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 CURL_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
-CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl libcrypto 2>/dev/null || echo -lcurl -lcrypto)
+LINK_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl libssl libcrypto hiredis 2>/dev/null || echo -lcurl -lssl -lcrypto -lhiredis)
 
 WARN     = -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-qual -Wstrict-prototypes \
            -Wmissing-prototypes -Wdeclaration-after-statement -Wformat=2
@@ -32,7 +32,7 @@ INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 INSTALL_BIN  ?= $(PREFIX)/bin
 
 SRCS = csrc/core.c csrc/client.c csrc/options.c csrc/api.c csrc/step.c csrc/flow.c csrc/cache.c csrc/http.c csrc/response.c \
-       csrc/secret.c csrc/form.c csrc/error.c csrc/store.c
+       csrc/secret.c csrc/form.c csrc/error.c csrc/store.c csrc/store_file.c csrc/store_redis.c
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/%.o)
 HDRS = $(wildcard csrc/*.h)
 MODULE = $(BUILD)/lusidauth/core.so
@@ -47,7 +47,7 @@ $(BUILD)/%.o: csrc/%.c $(HDRS)
 
 $(MODULE): $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS) -lpthread
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(LINK_LIBS) -lpthread
 
 # Installs the Debian packages the build, the tests and the demo need (prints what it does).
 deps:

@@ -23,7 +23,9 @@ external_dependencies = {
   -- library only: Debian keeps curl/curl.h under a multiarch include dir that luarocks 3.8
   -- does not search (the compiler does), so a header check would fail there.
   CURL = { library = "curl" },
-  OPENSSL = { library = "crypto" }, -- PBKDF2 and SHA-256 for the file store
+  OPENSSL = { library = "crypto" }, -- PBKDF2 and SHA-256 for the stores
+  LIBSSL = { library = "ssl" },      -- TLS to Redis
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" }, -- the Redis store
 }
 build = {
   type = "builtin",
@@ -36,12 +38,13 @@ build = {
     ["lusidauth.core"] = {
       sources = {
         "csrc/core.c", "csrc/client.c", "csrc/options.c", "csrc/api.c",
-        "csrc/step.c", "csrc/store.c", "csrc/flow.c", "csrc/cache.c", "csrc/http.c",
+        "csrc/step.c", "csrc/store.c", "csrc/store_file.c", "csrc/store_redis.c", "csrc/flow.c",
+        "csrc/cache.c", "csrc/http.c",
         "csrc/response.c", "csrc/secret.c", "csrc/form.c", "csrc/error.c",
       },
-      libraries = { "curl", "crypto", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      libraries = { "curl", "ssl", "crypto", "hiredis", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(LIBSSL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
     },
   },
 }

@@ -34,9 +34,7 @@ static void client_release(la_client *c) {
   la_store_close(c->store); /* closing its descriptor also drops a flock held mid-refresh */
   c->store = NULL;
   c->snap_gen = 0;
-  free(c->store_kind);
-  free(c->store_dir);
-  c->store_kind = c->store_dir = NULL;
+  la_store_conf_free(&c->store_conf);
   free(c->creds.token_url);
   free(c->creds.client_id);
   free(c->creds.username);
@@ -90,12 +88,10 @@ static int client_new(lua_State *L) {
   } else {
     if ((c->sh = la_shared_get(&c->creds, &c->start, c->share)) == NULL)
       return luaL_error(L, "lusidauth: out of memory");
-    if (c->store_kind != NULL) {
+    if (c->store_conf.kind != NULL) {
       la_error err;
       la_error_reset(&err);
-      if (strcmp(c->store_kind, "file") != 0)
-        return luaL_error(L, "lusidauth: option 'store' must be \"file\" (or nil)");
-      if ((c->store = la_store_open_file(c->store_dir, &c->creds, &c->start, &err)) == NULL)
+      if ((c->store = la_store_open(&c->store_conf, &c->creds, &c->start, &err)) == NULL)
         return luaL_error(L, "lusidauth: %s", err.message);
     }
     la_secret_clear(&c->start); /* the entry has its own copy */
@@ -379,21 +375,55 @@ static void store_note(lua_State *L, la_client *c, la_flow *f, int level, const 
   log_note(L, c, 1, f);
 }
 
+/* Without the store (unreachable, or it has nothing for us): a refresh token that other
+ * processes may also hold is not rotated blindly, since two holders rotating one token make
+ * Okta revoke the chain. A client with a password logs in afresh instead; one with only a
+ * refresh token has nothing else and uses it. Then the flow decides again. */
+static void store_alone(lua_State *L, la_client *c, run_ctx *x, int mode) {
+  la_shared *sh = c->sh;
+  int dropped = 0;
+  if (mode != LA_MODE_TOKEN) return;
+  pthread_mutex_lock(&sh->lock);
+  if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD && sh->e.refresh.p != NULL) {
+    la_secret_clear(&sh->e.refresh);
+    dropped = 1;
+  }
+  sh->refresh_shared = 0;
+  x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, la_now(),
+                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)c);
+  pthread_mutex_unlock(&sh->lock);
+  if (dropped)
+    store_note(L, c, &x->f, LA_LOG_INFO,
+               "token store: not rotating a refresh token other processes may hold without the "
+               "store; logging in with the password instead");
+}
+
 /* With the process's refresh in flight held: takes the store's refresh lock and loads what
  * another process stored, then lets the flow decide again. While our token is still valid we
  * only try the lock once: a busy lock means another process is refreshing, so the valid token
- * is served. Returns 0 to go on (x->a is the next action), or 1 when x->a settled it. */
+ * is served. A store that cannot be reached is logged and done without. Returns 0 to go on
+ * (x->a is the next action), or 1 when x->a settled it. */
 static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
   la_shared *sh = c->sh;
   la_error err;
   int64_t now = la_now();
+  double hold = c->creds.deadline + c->http.connect_timeout + c->http.timeout;
   int got, loaded, valid;
   la_error_reset(&err);
   pthread_mutex_lock(&sh->lock);
   valid = la_entry_state(&sh->e, now) == LA_STALE;
   pthread_mutex_unlock(&sh->lock);
   la_store_warm(c->store); /* the KDF, once per process, before the lock */
-  got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : c->creds.deadline, &err);
+  got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : c->creds.deadline, hold,
+                      &err);
+  if (got == LA_STORE_DOWN) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s; this process refreshes on its own until it is back",
+             err.message);
+    store_note(L, c, &x->f, LA_LOG_WARN, msg);
+    store_alone(L, c, x, mode);
+    return 0;
+  }
   if (got < 0) {
     x->f.err = err;
     x->a.kind = LA_ACT_FAIL;
@@ -416,17 +446,25 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
   if (mode != LA_MODE_TOKEN) return 0; /* a forced login or refresh goes to the network */
   pthread_mutex_lock(&sh->lock);
   loaded = la_store_load(c->store, &sh->e, c->creds.refresh_skew, &err);
-  if (loaded >= 0) {
+  if (loaded > 0) {
+    sh->refresh_shared = sh->e.refresh.p != NULL;
     la_shared_publish(sh);
     x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, la_now(),
                          (uint64_t)now ^ (uint64_t)(uintptr_t)c);
   }
   pthread_mutex_unlock(&sh->lock);
-  if (loaded < 0) {
+  if (loaded == LA_STORE_DOWN) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s; this process refreshes on its own until it is back",
+             err.message);
+    store_note(L, c, &x->f, LA_LOG_WARN, msg);
+  }
+  if (loaded == -1) {
     x->f.err = err;
     x->a.kind = LA_ACT_FAIL;
     return 1;
   }
+  if (loaded <= 0) store_alone(L, c, x, mode);
   if (loaded > 0 && x->a.kind == LA_ACT_USE)
     store_note(L, c, &x->f, LA_LOG_DEBUG, "token store: used the token another process stored");
   return 0;
@@ -441,6 +479,7 @@ static void store_after(lua_State *L, la_client *c, run_ctx *x, int ok) {
     la_error_reset(&err);
     pthread_mutex_lock(&c->sh->lock); /* the entry's secrets are read in place */
     rc = la_store_save(c->store, &c->sh->e, &err);
+    if (rc == 0) c->sh->refresh_shared = c->sh->e.refresh.p != NULL;
     pthread_mutex_unlock(&c->sh->lock);
     if (rc != 0) store_note(L, c, &x->f, LA_LOG_WARN, err.message);
   }
@@ -475,7 +514,7 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
   default:
     break;
   }
-  if (c->store != NULL && store_before(L, c, x, mode) != 0) {
+  if (c->store != NULL && !la_store_external(c->store) && store_before(L, c, x, mode) != 0) {
     lua_pop(L, 3); /* the requests are not run */
     rc = 0;
   } else {
@@ -485,7 +524,8 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
     if (rc != 0) return lua_error(L);
     return luaL_error(L, "lusidauth: the client was closed during its refresh");
   }
-  if (c->store != NULL) store_after(L, c, x, rc == 0 && x->a.kind == LA_ACT_USE);
+  if (c->store != NULL && !la_store_external(c->store))
+    store_after(L, c, x, rc == 0 && x->a.kind == LA_ACT_USE);
   result = la_run_end(c, &x->f, x->a, rc != 0);
   if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
   if (result == LA_BEGIN_OOM) return luaL_error(L, "lusidauth: out of memory");

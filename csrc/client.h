@@ -21,7 +21,7 @@ typedef struct la_client {
   la_http_opts http;
   la_shared *sh;          /* the token state: shared with same-identity clients, or private */
   la_store *store;        /* the token store behind it, or NULL */
-  char *store_kind, *store_dir;
+  la_store_conf store_conf; /* what the options asked for */
   CURL *curl;
   /* what the fresh path serves without taking a lock: the token string in UV_TOKEN is the one
    * of generation snap_gen, valid until snap_refresh_at */

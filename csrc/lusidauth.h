@@ -122,6 +122,7 @@ typedef struct la_shared {
   int64_t flight_until;   /* la_now() after which a silent refresh counts as abandoned */
   unsigned long epoch;    /* refreshes completed, successful or not */
   int failed;             /* the last one failed, with last_error */
+  int refresh_shared;     /* e.refresh came from, or went to, a token store: others may hold it */
   la_error last_error;
   unsigned long pub_gen;  /* e.gen, for the lock-free fresh check (atomic) */
   /* identity, fixed at creation */
@@ -190,14 +191,30 @@ LA_HIDDEN const char *la_grant_name(int grant);
 
 
 
-/* ---- store.c: the token store behind the process's cache ---- */
+/* ---- store.c: the token store behind the process's cache (store.h: the interface) ---- */
 typedef struct la_store la_store;
-LA_HIDDEN la_store *la_store_open_file(const char *dir, const la_creds *c, const la_secret *start,
-                                       la_error *err);
+typedef struct la_store_conf {
+  char *kind;                 /* "file", "redis", or "external" (the caller drives it) */
+  char *dir;                  /* file: the directory, NULL for the default */
+  char *host, *username, *ca_file, *prefix; /* redis */
+  la_secret password;
+  int port, db, tls;
+  double timeout;
+} la_store_conf;
+enum { LA_STORE_DOWN = -2 };  /* the store cannot be reached: each process goes on alone */
+
+LA_HIDDEN la_store *la_store_open(const la_store_conf *conf, const la_creds *c,
+                                  const la_secret *start, la_error *err);
+LA_HIDDEN void la_store_conf_free(la_store_conf *conf);
 LA_HIDDEN void la_store_close(la_store *s);
-LA_HIDDEN int la_store_lock(la_store *s, double wait, la_error *err);
+LA_HIDDEN int la_store_external(const la_store *s);
+LA_HIDDEN const char *la_store_name(const la_store *s);
+LA_HIDDEN int la_store_lock(la_store *s, double wait, double hold, la_error *err);
 LA_HIDDEN void la_store_unlock(la_store *s);
 LA_HIDDEN int la_store_load(la_store *s, la_entry *e, double skew, la_error *err);
+LA_HIDDEN int la_store_decode(la_store *s, const char *p, size_t n, la_entry *e, double skew);
+LA_HIDDEN int la_store_encode(la_store *s, const la_entry *e, la_buf *out, double *ttl,
+                              la_error *err);
 LA_HIDDEN int la_store_save(la_store *s, const la_entry *e, la_error *err);
 LA_HIDDEN void la_store_warm(la_store *s);
 

@@ -13,7 +13,7 @@ static const char *const known_options[] = {
     "access_token", "scope", "refresh_skew", "timeout", "connect_timeout", "retries", "proxy",
     "proxy_username", "proxy_password", "ca_file", "ca_path", "insecure_http", "user_agent",
     "app_name", "api_url", "on_refresh_token", "shared", "correlation_id", "read_timeout", "log",
-    "max_retry_wait", "retry_base", "deadline", "store", "store_dir", NULL};
+    "max_retry_wait", "retry_base", "deadline", "store", "store_dir", "redis", NULL};
 
 static void check_known(lua_State *L, int opts) {
   lua_pushnil(L);
@@ -29,10 +29,11 @@ static void check_known(lua_State *L, int opts) {
 }
 
 /* The option's string, or NULL when absent. The opts table keeps it alive. */
-static const char *opt_str(lua_State *L, int opts, const char *name, size_t *len) {
+static const char *opt_str_l(lua_State *L, int opts, const char *field, const char *name,
+                             size_t *len) {
   const char *s;
   size_t n;
-  lua_getfield(L, opts, name);
+  lua_getfield(L, opts, field);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return NULL;
@@ -46,6 +47,10 @@ static const char *opt_str(lua_State *L, int opts, const char *name, size_t *len
   lua_pop(L, 1);
   if (len != NULL) *len = n;
   return s;
+}
+
+static const char *opt_str(lua_State *L, int opts, const char *name, size_t *len) {
+  return opt_str_l(L, opts, name, name, len);
 }
 
 static char *opt_dup(lua_State *L, int opts, const char *name) {
@@ -62,9 +67,10 @@ static void opt_secret(lua_State *L, int opts, const char *name, la_secret *dst)
   if (s != NULL && la_secret_set(dst, s, n) != 0) luaL_error(L, "lusidauth: out of memory");
 }
 
-static double opt_num(lua_State *L, int opts, const char *name, double def, double lo, double hi) {
+static double opt_num_l(lua_State *L, int opts, const char *field, const char *name, double def,
+                        double lo, double hi) {
   double v;
-  lua_getfield(L, opts, name);
+  lua_getfield(L, opts, field);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return def;
@@ -82,9 +88,13 @@ static double opt_num(lua_State *L, int opts, const char *name, double def, doub
   return v;
 }
 
-static int opt_bool(lua_State *L, int opts, const char *name, int def) {
+static double opt_num(lua_State *L, int opts, const char *name, double def, double lo, double hi) {
+  return opt_num_l(L, opts, name, name, def, lo, hi);
+}
+
+static int opt_bool_l(lua_State *L, int opts, const char *field, const char *name, int def) {
   int v;
-  lua_getfield(L, opts, name);
+  lua_getfield(L, opts, field);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return def;
@@ -95,6 +105,60 @@ static int opt_bool(lua_State *L, int opts, const char *name, int def) {
   v = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return v;
+}
+
+static int opt_bool(lua_State *L, int opts, const char *name, int def) {
+  return opt_bool_l(L, opts, name, name, def);
+}
+
+static char *dup_or_raise(lua_State *L, const char *s) {
+  char *d;
+  if (s == NULL) return NULL;
+  if ((d = strdup(s)) == NULL) luaL_error(L, "lusidauth: out of memory");
+  return d;
+}
+
+/* The redis = {...} table of store = "redis". */
+static int read_redis(lua_State *L, la_store_conf *sc, int opts) {
+  static const char *const known[] = {"host", "port", "db", "username", "password", "tls",
+                                      "ca_file", "prefix", "timeout", NULL};
+  static const char *const labels[] = {"redis.host", "redis.port", "redis.db", "redis.username",
+                                       "redis.password", "redis.tls", "redis.ca_file",
+                                       "redis.prefix", "redis.timeout"};
+  int t;
+  size_t n;
+  const char *s;
+  lua_getfield(L, opts, "redis");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0; /* 127.0.0.1:6379, database 0 */
+  }
+  if (!lua_istable(L, -1))
+    luaL_error(L, "lusidauth: option 'redis' must be a table, not a %s", luaL_typename(L, -1));
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t) != 0) {
+    int i, found = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (i = 0; known[i] != NULL && !found; i++) found = strcmp(lua_tostring(L, -2), known[i]) == 0;
+    if (!found)
+      luaL_error(L, "lusidauth: unknown option 'redis.%s' (known: host, port, db, username, "
+                    "password, tls, ca_file, prefix, timeout)",
+                 lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+    lua_pop(L, 1);
+  }
+  sc->host = dup_or_raise(L, opt_str_l(L, t, known[0], labels[0], NULL));
+  sc->port = (int)opt_num_l(L, t, known[1], labels[1], 6379, 1, 65535);
+  sc->db = (int)opt_num_l(L, t, known[2], labels[2], 0, 0, 1000000);
+  sc->username = dup_or_raise(L, opt_str_l(L, t, known[3], labels[3], NULL));
+  s = opt_str_l(L, t, known[4], labels[4], &n);
+  if (s != NULL && la_secret_set(&sc->password, s, n) != 0) luaL_error(L, "lusidauth: out of memory");
+  sc->tls = opt_bool_l(L, t, known[5], labels[5], 0);
+  sc->ca_file = dup_or_raise(L, opt_str_l(L, t, known[6], labels[6], NULL));
+  sc->prefix = dup_or_raise(L, opt_str_l(L, t, known[7], labels[7], NULL));
+  sc->timeout = opt_num_l(L, t, known[8], labels[8], 1.0, 0.001, 3600);
+  lua_pop(L, 1);
+  return 1;
 }
 
 static int is_loopback(const char *host) {
@@ -197,10 +261,17 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
   c->http.proxy = opt_dup(L, opts, "proxy");
   c->http.proxy_username = opt_dup(L, opts, "proxy_username");
   opt_secret(L, opts, "proxy_password", &c->http.proxy_password);
-  c->store_kind = opt_dup(L, opts, "store");
-  c->store_dir = opt_dup(L, opts, "store_dir");
-  if (c->store_kind != NULL && grant == LA_GRANT_PAT)
+  c->store_conf.kind = opt_dup(L, opts, "store");
+  if (c->store_conf.kind != NULL && grant == LA_GRANT_PAT)
     luaL_error(L, "lusidauth: option 'store' does not apply to a personal access token");
+  if (c->store_conf.kind != NULL && strcmp(c->store_conf.kind, "file") != 0 &&
+      strcmp(c->store_conf.kind, "redis") != 0 && strcmp(c->store_conf.kind, "external") != 0)
+    luaL_error(L, "lusidauth: option 'store' must be \"file\" or \"redis\" (or nil for none)");
+  c->store_conf.dir = opt_dup(L, opts, "store_dir");
+  if (c->store_conf.dir != NULL && (c->store_conf.kind == NULL || strcmp(c->store_conf.kind, "file") != 0))
+    luaL_error(L, "lusidauth: option 'store_dir' needs store = \"file\"");
+  if (read_redis(L, &c->store_conf, opts) && (c->store_conf.kind == NULL || strcmp(c->store_conf.kind, "redis") != 0))
+    luaL_error(L, "lusidauth: option 'redis' needs store = \"redis\"");
   c->http.ca_file = opt_dup(L, opts, "ca_file");
   c->http.ca_path = opt_dup(L, opts, "ca_path");
   c->http.user_agent = opt_dup(L, opts, "user_agent");

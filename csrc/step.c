@@ -13,7 +13,17 @@
  *   core.entry_key(c)        --> a string naming c's entry: clients with one key share a refresh
  *   run:waited()             --> "send", grant
  *   run:finish()             --> token[, expires_in] | nil, err      (releases the refresh)
- *   run:abort()              -- releases it as failed; __gc does the same for a forgotten run */
+ *   run:abort()              -- releases it as failed; __gc does the same for a forgotten run
+ * With store = "external" (lusidauth.resty's stores: the caller moves the blobs and holds the
+ * lock; store.c makes and checks them):
+ *   core.store_key(c)        --> the identity's name in the store (hex; no secret in it)
+ *   run:store_import(blob)   --> the next action, after loading what another process stored
+ *                                (blob nil: the store had nothing, or could not be reached);
+ *                                only before the first request
+ *   core.store_export(c)     --> blob, ttl | nil: the state to store, and the access token's
+ *                                seconds left (the blob's lifetime in the store)
+ *   core.store_warm(c[, blob]) -- runs the slow verifier KDF now (for the blob's salt, or a new
+ *                                one), so that no request pays for it later */
 #define _POSIX_C_SOURCE 200809L
 #include <string.h>
 #include <time.h>
@@ -236,6 +246,91 @@ static int run_abort(lua_State *L) {
   return 0;
 }
 
+static la_store *check_store(lua_State *L, la_client *c) {
+  if (c->store == NULL || !la_store_external(c->store))
+    luaL_error(L, "lusidauth: this client was not made with store = \"external\"");
+  return c->store;
+}
+
+static int run_store_import(lua_State *L) {
+  la_run *r = check_run(L);
+  la_client *c = r->c;
+  la_shared *sh = c->sh;
+  la_store *st = check_store(L, c);
+  size_t n = 0;
+  const char *blob = luaL_optlstring(L, 2, NULL, &n);
+  int loaded = 0;
+  if (r->a.kind != LA_ACT_SEND || r->f.attempts > 0)
+    return luaL_error(L, "lusidauth: store_import comes before the first request");
+  if (r->f.mode != LA_MODE_TOKEN) return push_action(L, r); /* login()/refresh(): the network */
+  pthread_mutex_lock(&sh->lock);
+  if (blob != NULL) loaded = la_store_decode(st, blob, n, &sh->e, c->creds.refresh_skew);
+  if (loaded) {
+    sh->refresh_shared = sh->e.refresh.p != NULL;
+    la_shared_publish(sh);
+  } else {
+    /* as client.c's store_alone: a refresh token others may hold is not rotated blindly */
+    if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD) la_secret_clear(&sh->e.refresh);
+    sh->refresh_shared = 0;
+  }
+  r->a = la_flow_start(&r->f, &c->creds, &sh->e, LA_MODE_TOKEN, la_now(),
+                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)r);
+  pthread_mutex_unlock(&sh->lock);
+  return push_action(L, r);
+}
+
+static int store_key(lua_State *L) {
+  la_client *c = la_check_open(L);
+  lua_pushstring(L, la_store_name(check_store(L, c)));
+  return 1;
+}
+
+static int store_export(lua_State *L) {
+  la_client *c = la_check_open(L);
+  la_store *st = check_store(L, c);
+  la_buf b = {NULL, 0, 0};
+  la_error err;
+  double ttl = 0;
+  int rc = 1;
+  la_error_reset(&err);
+  pthread_mutex_lock(&c->sh->lock);
+  if (c->sh->e.access.p != NULL) rc = la_store_encode(st, &c->sh->e, &b, &ttl, &err);
+  if (rc == 0) c->sh->refresh_shared = c->sh->e.refresh.p != NULL;
+  pthread_mutex_unlock(&c->sh->lock);
+  if (rc != 0 || ttl <= 0) {
+    la_buf_free(&b);
+    lua_pushnil(L);
+    if (rc < 0) {
+      la_push_error(L, &err);
+      return 2;
+    }
+    return 1;
+  }
+  lua_pushlstring(L, b.p, b.n);
+  la_buf_free(&b);
+  lua_pushnumber(L, ttl);
+  return 2;
+}
+
+static int store_warm(lua_State *L) {
+  la_client *c = la_check_open(L);
+  la_store *st = check_store(L, c);
+  size_t n = 0;
+  const char *blob = luaL_optlstring(L, 2, NULL, &n);
+  if (blob != NULL && la_store_decode(st, blob, n, NULL, 0) == 1) return 0;
+  { /* no blob, or not ours: make our own salt's verifier */
+    la_entry scratch;
+    la_buf b = {NULL, 0, 0};
+    la_error err;
+    double ttl;
+    memset(&scratch, 0, sizeof scratch);
+    la_error_reset(&err);
+    (void)la_store_encode(st, &scratch, &b, &ttl, &err);
+    la_buf_free(&b);
+  }
+  return 0;
+}
+
 static int entry_key(lua_State *L) {
   la_client *c = la_check_open(L);
   lua_pushfstring(L, "lusidauth.entry: %p", (void *)c->sh);
@@ -243,10 +338,16 @@ static int entry_key(lua_State *L) {
 }
 
 void la_step_open(lua_State *L) {
+  static const luaL_Reg functions[] = {{"step", step},
+                                       {"entry_key", entry_key},
+                                       {"store_key", store_key},
+                                       {"store_export", store_export},
+                                       {"store_warm", store_warm},
+                                       {NULL, NULL}};
   static const luaL_Reg methods[] = {{"request", run_request}, {"response", run_response},
                                      {"fail", run_fail},       {"waited", run_waited},
                                      {"finish", run_finish},   {"abort", run_abort},
-                                     {NULL, NULL}};
+                                     {"store_import", run_store_import}, {NULL, NULL}};
   luaL_newmetatable(L, LA_RUN_MT);
   lua_pushcfunction(L, run_abort);
   lua_setfield(L, -2, "__gc");
@@ -254,8 +355,5 @@ void la_step_open(lua_State *L) {
   la_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
-  lua_pushcfunction(L, step);
-  lua_setfield(L, -2, "step");
-  lua_pushcfunction(L, entry_key);
-  lua_setfield(L, -2, "entry_key");
+  la_setfuncs(L, functions, 0);
 }

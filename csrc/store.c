@@ -1,45 +1,28 @@
-/* store.c - the token store: a second tier behind the process's cache, so that short-lived
- * processes share one token and one refresh-token chain. This file has the interface and the
- * file store ($XDG_CACHE_HOME/lusidauth, or ~/.cache/lusidauth).
+/* store.c - the token store: a second tier behind the process's cache, so that processes share
+ * one token and one refresh-token chain. This file has what every store shares; the stores
+ * themselves (store_file.c, store_redis.c) only move a text blob and hold a lock (store.h).
  *
- * A file is named by a hash of the identity's non-secret parts; no username or secret appears in
- * a name. Its secret parts (client secret, password, starting refresh token) are checked against
- * a salted PBKDF2 verifier kept in the file, so a process with a wrong password gets nothing from
- * it, and whoever can read the directory still cannot test password guesses cheaply. Expiry
- * crosses processes as wall-clock epoch seconds and is re-anchored on the local monotonic clock
- * when loaded. Writes go to a temporary file, fsync'd and renamed into place; flock on a
- * separate lock file is the refresh lock, released by the kernel if its holder dies. */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
+ * A blob is named by a hash of the identity's non-secret parts; no username or secret appears
+ * in a name. Its secret parts (client secret, password, starting refresh token) are checked
+ * against a salted PBKDF2 verifier kept in the blob, so a process with a wrong password gets
+ * nothing from it, and whoever can read the store still cannot test password guesses cheaply.
+ * Expiry crosses processes as wall-clock epoch seconds and is re-anchored on the local
+ * monotonic clock when loaded. */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "lusidauth.h"
+#include "store.h"
 
 #define STORE_MAGIC "lusidauth-store 1"
-#define KDF_ITERATIONS 200000 /* about 0.1 s: once per process and file, not per token */
-
-struct la_store {
-  char dir[PATH_MAX - 128]; /* room for "/<32 hex>.token" in the paths below */
-  char path[PATH_MAX];      /* the state file */
-  char lock_path[PATH_MAX];
-  int lock_fd;
-  unsigned char secret_hash[32]; /* SHA-256 of the secret parts: what the verifier is made from */
-  unsigned char ok_salt[16];     /* a salt and verifier known to match, to skip the KDF */
-  unsigned char ok_ver[32];
-  int ok_salt_set;
-};
+#define KDF_ITERATIONS 200000 /* about 0.1 s: once per process and identity, not per token */
+#define BLOB_MAX 65536
 
 static void hexify(char *out, const unsigned char *in, size_t n) {
   static const char hex[] = "0123456789abcdef";
@@ -87,71 +70,35 @@ static int verifier(unsigned char out[32], const unsigned char secret_hash[32],
              : -1;
 }
 
-/* The directory, made 0700 if missing; refused if another user owns it or others can read it. */
-static int check_dir(const char *dir, la_error *err) {
-  struct stat st;
-  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot create %s: %s", dir, strerror(errno));
-    return -1;
-  }
-  if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: %s is not a directory", dir);
-    return -1;
-  }
-  if (st.st_uid != geteuid()) {
-    la_error_set(err, LA_ERR_CONFIG, 0,
-                 "token store: refusing %s: it is owned by uid %ld, not by this user (uid %ld)", dir,
-                 (long)st.st_uid, (long)geteuid());
-    return -1;
-  }
-  if ((st.st_mode & 077) != 0) {
-    la_error_set(err, LA_ERR_CONFIG, 0,
-                 "token store: refusing %s: its mode is %04o; it must be 0700 (chmod 700 %s)", dir,
-                 (unsigned)(st.st_mode & 0777), dir);
-    return -1;
-  }
-  return 0;
+/* Wall-clock seconds, with the fraction: what crosses processes. */
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Opens the file store for an identity. dir: NULL for the default location. */
-la_store *la_store_open_file(const char *dir, const la_creds *c, const la_secret *start,
-                             la_error *err) {
+void la_store_conf_free(la_store_conf *conf) {
+  free(conf->kind);
+  free(conf->dir);
+  free(conf->host);
+  free(conf->username);
+  free(conf->ca_file);
+  free(conf->prefix);
+  la_secret_clear(&conf->password);
+  memset(conf, 0, sizeof *conf);
+}
+
+/* Opens the store conf->kind names, for an identity. NULL with err set when refused. */
+la_store *la_store_open(const la_store_conf *conf, const la_creds *c, const la_secret *start,
+                        la_error *err) {
   la_store *s;
-  const char *home = getenv("HOME"), *xdg = getenv("XDG_CACHE_HOME");
   const char *pub[5], *sec[3];
   size_t pubn[5], secn[3];
   unsigned char name[32];
-  char hex[65];
   char gch = (char)('0' + c->grant);
   int i;
   if ((s = calloc(1, sizeof *s)) == NULL) {
     la_error_set(err, LA_ERR_CONFIG, 0, "token store: out of memory");
-    return NULL;
-  }
-  s->lock_fd = -1;
-  if (dir != NULL)
-    snprintf(s->dir, sizeof s->dir, "%s", dir);
-  else if (xdg != NULL && xdg[0] == '/')
-    snprintf(s->dir, sizeof s->dir, "%s/lusidauth", xdg);
-  else if (home != NULL && home[0] == '/')
-    snprintf(s->dir, sizeof s->dir, "%s/.cache/lusidauth", home);
-  else {
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: no XDG_CACHE_HOME or HOME; set store_dir");
-    free(s);
-    return NULL;
-  }
-  if (dir == NULL && xdg == NULL) { /* ~/.cache may not exist yet: make it like XDG does */
-    char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s/.cache", home);
-    if (mkdir(parent, 0700) != 0 && errno != EEXIST) {
-      la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot create %s: %s", parent,
-                   strerror(errno));
-      free(s);
-      return NULL;
-    }
-  }
-  if (check_dir(s->dir, err) != 0) {
-    free(s);
     return NULL;
   }
   pub[0] = &gch, pubn[0] = 1;
@@ -171,87 +118,54 @@ la_store *la_store_open_file(const char *dir, const la_creds *c, const la_secret
     free(s);
     return NULL;
   }
-  hexify(hex, name, 16); /* 128 bits name a file well enough */
-  snprintf(s->path, sizeof s->path, "%s/%s.token", s->dir, hex);
-  snprintf(s->lock_path, sizeof s->lock_path, "%s/%s.lock", s->dir, hex);
+  hexify(s->name, name, 16); /* 128 bits name an identity well enough */
+  if (strcmp(conf->kind, "file") == 0)
+    s->ops = &la_store_file_ops;
+  else if (strcmp(conf->kind, "redis") == 0)
+    s->ops = &la_store_redis_ops;
+  else if (strcmp(conf->kind, "external") != 0) {
+    la_error_set(err, LA_ERR_CONFIG, 0,
+                 "option 'store' must be \"file\" or \"redis\" (or nil for none)");
+    free(s);
+    return NULL;
+  }
+  if (s->ops != NULL && s->ops->open(s, conf, err) != 0) {
+    la_wipe(s, sizeof *s);
+    free(s);
+    return NULL;
+  }
   return s;
 }
 
 void la_store_close(la_store *s) {
   if (s == NULL) return;
-  if (s->lock_fd >= 0) close(s->lock_fd);
+  if (s->ops != NULL) s->ops->close(s);
   la_wipe(s, sizeof *s);
   free(s);
 }
 
-/* Takes the refresh lock, waiting up to wait seconds. 1: held; 0: timed out; -1: err set. */
-int la_store_lock(la_store *s, double wait, la_error *err) {
-  int64_t until = la_now() + (int64_t)(wait * 1e9);
-  if (s->lock_fd < 0) {
-    s->lock_fd = open(s->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (s->lock_fd < 0) {
-      la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot open %s: %s", s->lock_path,
-                   strerror(errno));
-      return -1;
-    }
-  }
-  for (;;) {
-    struct timespec ts = {0, 10 * 1000 * 1000};
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) == 0) return 1;
-    if (errno != EWOULDBLOCK && errno != EINTR) {
-      la_error_set(err, LA_ERR_CONFIG, 0, "token store: flock %s: %s", s->lock_path,
-                   strerror(errno));
-      return -1;
-    }
-    if (la_now() >= until) return 0;
-    nanosleep(&ts, NULL);
-  }
+int la_store_external(const la_store *s) { return s->ops == NULL; }
+const char *la_store_name(const la_store *s) { return s->name; }
+
+int la_store_lock(la_store *s, double wait, double hold, la_error *err) {
+  return s->ops->lock(s, wait, hold, err);
 }
 
-void la_store_unlock(la_store *s) {
-  if (s->lock_fd >= 0) flock(s->lock_fd, LOCK_UN);
-}
+void la_store_unlock(la_store *s) { s->ops->unlock(s); }
 
-/* Reads the whole file (at most 64 KiB) into b. 1: read; 0: no file; -1: err set. */
-static int read_file(const char *path, la_buf *b, la_error *err) {
-  char chunk[4096];
-  struct stat st;
-  ssize_t n;
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) {
-    if (errno == ENOENT) return 0;
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot open %s: %s", path, strerror(errno));
-    return -1;
-  }
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-      (st.st_mode & 077) != 0) {
-    close(fd);
-    la_error_set(err, LA_ERR_CONFIG, 0,
-                 "token store: refusing %s: it must be a 0600 file owned by this user", path);
-    return -1;
-  }
-  while ((n = read(fd, chunk, sizeof chunk)) > 0 && b->n < 65536)
-    if (la_buf_add(b, chunk, (size_t)n) != 0) break;
-  la_wipe(chunk, sizeof chunk);
-  close(fd);
-  return 1;
-}
-
-/* Reads the state into e (access token re-anchored on the local clock, refresh token) when the
- * file exists, parses, and its verifier matches our secrets. 1: loaded; 0: nothing usable (no
- * file, a corrupt or truncated one, another identity's secrets); -1: err set (a file we must
- * not trust: wrong owner or mode). */
-int la_store_load(la_store *s, la_entry *e, double skew, la_error *err) {
+/* Reads a blob into e (access token re-anchored on the local clock, refresh token) when it
+ * parses and its verifier matches our secrets. 1: loaded; 0: nothing usable (corrupt,
+ * truncated, expired, or another identity's secrets). */
+int la_store_decode(la_store *s, const char *text, size_t n, la_entry *e, double skew) {
   la_buf b = {NULL, 0, 0};
   unsigned char salt[16], want[32], got[32];
   char *p, *access = NULL, *refresh = NULL;
-  double expires_at = -1;
-  int have_salt = 0, have_ver = 0, rc = read_file(s->path, &b, err);
-  if (rc <= 0) return rc;
-  rc = 0;
-  /* line by line, in place; a last line without its newline is a truncated file */
-  p = b.n > 0 ? b.p : NULL;
-  if (p != NULL && strncmp(p, STORE_MAGIC "\n", sizeof STORE_MAGIC) == 0) {
+  double expires_at = -1, refresh_at = -1;
+  int have_salt = 0, have_ver = 0, rc = 0;
+  if (n == 0 || n > BLOB_MAX || la_buf_add(&b, text, n) != 0) return 0;
+  /* line by line, in place; a last line without its newline is a truncated blob */
+  p = b.p;
+  if (strncmp(p, STORE_MAGIC "\n", sizeof STORE_MAGIC) == 0) {
     p += sizeof STORE_MAGIC;
     while (p < b.p + b.n) {
       char *nl = memchr(p, '\n', (size_t)(b.p + b.n - p)), *v;
@@ -268,6 +182,8 @@ int la_store_load(la_store *s, la_entry *e, double skew, la_error *err) {
           have_ver = unhex(want, sizeof want, v) == 0;
         else if (strcmp(p, "expires_at") == 0)
           expires_at = strtod(v, NULL);
+        else if (strcmp(p, "refresh_at") == 0)
+          refresh_at = strtod(v, NULL);
         else if (strcmp(p, "access_token") == 0 && la_header_safe(v, strlen(v)))
           access = v;
         else if (strcmp(p, "refresh_token") == 0 && la_header_safe(v, strlen(v)))
@@ -287,38 +203,53 @@ int la_store_load(la_store *s, la_entry *e, double skew, la_error *err) {
       rc = 1;
     }
   }
-  if (rc == 1) {
-    double left = expires_at - (double)time(NULL);
+  if (rc == 1 && e != NULL) {
+    double wall = wall_now(), left = expires_at - wall;
+    int64_t now = la_now();
     rc = 0;
     if (refresh != NULL && la_secret_set(&e->refresh, refresh, strlen(refresh)) == 0) rc = 1;
     if (access != NULL && expires_at > 0 && left > 1 &&
-        la_entry_store(e, access, strlen(access), left, la_now(), skew) == 0)
+        la_entry_store(e, access, strlen(access), left, now, skew) == 0) {
+      /* keep the refresh time the token was given: re-deriving it from the time left would
+       * make a stale token fresh again on every load */
+      if (refresh_at > 0 && refresh_at < expires_at) {
+        double in = refresh_at - wall;
+        e->refresh_at = in <= 0 ? now : now + (int64_t)(in * 1e9);
+        if (e->refresh_at > e->expires_at) e->refresh_at = e->expires_at;
+      }
       rc = 1;
+    }
   }
   la_buf_free(&b); /* wipes */
   return rc;
 }
 
-/* Checks the verifier of the current file without the lock, so that the slow KDF does not run
- * while other processes wait for the lock. Nothing is loaded. */
-void la_store_warm(la_store *s) {
-  la_entry scratch;
-  la_error err;
-  if (s->ok_salt_set) return;
-  memset(&scratch, 0, sizeof scratch);
-  la_error_reset(&err);
-  (void)la_store_load(s, &scratch, 0, &err);
-  la_entry_clear(&scratch);
+/* get + decode. 1 loaded, 0 nothing usable, -1 or LA_STORE_DOWN with err set. */
+int la_store_load(la_store *s, la_entry *e, double skew, la_error *err) {
+  la_buf b = {NULL, 0, 0};
+  int rc = s->ops->get(s, &b, err);
+  if (rc == 1) rc = la_store_decode(s, b.p, b.n, e, skew);
+  la_buf_free(&b);
+  return rc;
 }
 
-/* Writes e's state: to a temporary 0600 file, fsync'd, renamed over the old one. 0, or -1. */
-int la_store_save(la_store *s, const la_entry *e, la_error *err) {
-  char tmp[PATH_MAX + 32], hex[65], vhex[65], head[256];
+/* Checks the verifier of the stored blob without the lock, so that the slow KDF does not run
+ * while other processes wait for the lock. Nothing is loaded. */
+void la_store_warm(la_store *s) {
+  la_error err;
+  if (s->ok_salt_set || s->ops == NULL) return;
+  la_error_reset(&err);
+  (void)la_store_load(s, NULL, 0, &err);
+}
+
+/* e's state as text, with a verifier of our secrets; *ttl: the access token's seconds left. */
+int la_store_encode(la_store *s, const la_entry *e, la_buf *out, double *ttl, la_error *err) {
+  char hex[65], vhex[65], head[320];
   unsigned char salt[16], ver[32];
-  double expires_at = (double)time(NULL) + la_entry_seconds_left(e, la_now());
-  la_buf b = {NULL, 0, 0};
-  size_t off = 0;
-  int fd, ok;
+  int64_t now = la_now();
+  double left = la_entry_seconds_left(e, now), wall = wall_now();
+  double fresh = e->access.p != NULL && e->refresh_at > now ? (double)(e->refresh_at - now) / 1e9 : 0;
+  int ok;
   if (s->ok_salt_set) { /* a salt whose verifier we know: no second KDF run */
     memcpy(salt, s->ok_salt, 16);
     memcpy(ver, s->ok_ver, 32);
@@ -332,31 +263,29 @@ int la_store_save(la_store *s, const la_entry *e, la_error *err) {
   }
   hexify(hex, salt, 16);
   hexify(vhex, ver, 32);
-  snprintf(head, sizeof head, "%s\nsalt %s\nverifier %s\nexpires_at %.3f\n", STORE_MAGIC, hex, vhex,
-           expires_at);
-  ok = la_buf_addstr(&b, head) == 0;
+  snprintf(head, sizeof head, "%s\nsalt %s\nverifier %s\nexpires_at %.3f\nrefresh_at %.3f\n",
+           STORE_MAGIC, hex, vhex, wall + left, wall + fresh);
+  ok = la_buf_addstr(out, head) == 0;
   if (ok && e->access.p != NULL)
-    ok = la_buf_addstr(&b, "access_token ") == 0 && la_buf_add(&b, e->access.p, e->access.n) == 0 &&
-         la_buf_add(&b, "\n", 1) == 0;
+    ok = la_buf_addstr(out, "access_token ") == 0 && la_buf_add(out, e->access.p, e->access.n) == 0 &&
+         la_buf_add(out, "\n", 1) == 0;
   if (ok && e->refresh.p != NULL)
-    ok = la_buf_addstr(&b, "refresh_token ") == 0 &&
-         la_buf_add(&b, e->refresh.p, e->refresh.n) == 0 && la_buf_add(&b, "\n", 1) == 0;
-  snprintf(tmp, sizeof tmp, "%s.%ld.tmp", s->path, (long)getpid());
-  fd = ok ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600) : -1;
-  while (fd >= 0 && off < b.n) {
-    ssize_t w = write(fd, b.p + off, b.n - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) break;
-    off += (size_t)w;
-  }
-  ok = fd >= 0 && off == b.n && fsync(fd) == 0;
-  if (fd >= 0) ok = close(fd) == 0 && ok;
-  la_buf_free(&b);
-  if (!ok || rename(tmp, s->path) != 0) {
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot write %s: %s", s->path,
-                 strerror(errno));
-    unlink(tmp);
+    ok = la_buf_addstr(out, "refresh_token ") == 0 &&
+         la_buf_add(out, e->refresh.p, e->refresh.n) == 0 && la_buf_add(out, "\n", 1) == 0;
+  if (!ok) {
+    la_error_set(err, LA_ERR_CONFIG, 0, "token store: out of memory");
     return -1;
   }
+  *ttl = left;
   return 0;
+}
+
+/* encode + put. 0, -1 or LA_STORE_DOWN with err set. */
+int la_store_save(la_store *s, const la_entry *e, la_error *err) {
+  la_buf b = {NULL, 0, 0};
+  double ttl = 0;
+  int rc = la_store_encode(s, e, &b, &ttl, err);
+  if (rc == 0) rc = s->ops->put(s, b.p, b.n, ttl, err);
+  la_buf_free(&b);
+  return rc;
 }

@@ -9,7 +9,8 @@ lua5.1 lua5.2 lua5.3 lua5.4 luajit2
 liblua5.1-0-dev liblua5.2-dev liblua5.3-dev liblua5.4-dev libluajit2-5.1-dev
 libcurl4-openssl-dev libssl-dev lua-cjson lua-socket lua-sec lua-busted luarocks lua-check
 nginx libnginx-mod-http-lua lua-resty-core valgrind
-clang libclang-rt-14-dev cppcheck clang-tidy python3"
+clang libclang-rt-14-dev cppcheck clang-tidy python3
+libhiredis-dev redis-server redis-tools"
 
 missing=""
 for p in $PKGS; do

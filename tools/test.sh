@@ -7,15 +7,24 @@ VERSIONS="5.4 5.1 5.2 5.3 jit"
 [ "${1:-}" = "--lua" ] && VERSIONS="$2"
 
 RUN=$(mktemp -d /tmp/lusidauth-test.XXXXXX)
-cleanup() { sh spec/support/server.sh stop "$RUN" >/dev/null 2>&1; rm -rf "$RUN"; }
+cleanup() {
+  sh spec/support/server.sh stop "$RUN" >/dev/null 2>&1
+  sh spec/support/redis.sh stop "$RUN/redis" >/dev/null 2>&1
+  rm -rf "$RUN"
+}
 trap cleanup EXIT INT TERM
-if ! out=$(sh spec/support/server.sh start "$RUN"); then
-  echo "test: the fake Okta did not start:" >&2
-  cat "$RUN/fake_okta.log" >&2 2>/dev/null
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-eval "$out"
+# start WHAT SCRIPT DIR LOG: a server on loopback for the suites; its exports go to this shell
+start() {
+  if ! out=$(sh "$2" start "$3"); then
+    echo "test: $1 did not start:" >&2
+    cat "$4" >&2 2>/dev/null
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  eval "$out"
+}
+start "the fake Okta" spec/support/server.sh "$RUN" "$RUN/fake_okta.log"
+start "redis-server" spec/support/redis.sh "$RUN/redis" "$RUN/redis/redis.log" # the Redis store
 
 passed=0 failed=0 skipped=0
 for v in $VERSIONS; do
@@ -39,7 +48,7 @@ for v in $VERSIONS; do
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
 # suites that run once, not per Lua version: shell scripts printing TAP lines
-EXTRA="${EXTRA_SUITES-tools/embed_test.sh tools/nginx_test.sh tools/static_test.sh tools/memcheck.sh}"
+EXTRA="${EXTRA_SUITES-tools/embed_test.sh tools/redis_test.sh tools/nginx_test.sh tools/static_test.sh tools/memcheck.sh}"
 [ "$VERSIONS" = "5.4 5.1 5.2 5.3 jit" ] || EXTRA="${EXTRA_SUITES-}"
 for suite in $EXTRA; do
   echo "== $suite"

@@ -3,9 +3,11 @@
  * identity share one token and one refresh across all the states (lusidauth's process-wide
  * cache), so the token endpoint sees one refresh per expiry, not one per thread.
  *
- *   host [-t THREADS] [-n CALLS] [-i MICROSECONDS] [-c CHECK_EVERY]
- * Credentials come from FBN_TOKEN_URL, FBN_CLIENT_ID, FBN_CLIENT_SECRET, FBN_USERNAME and
- * FBN_PASSWORD. With LUSIDAUTH_VALIDATE_URL set (the fake Okta's /_control/validate), every
+ *   host [-t THREADS] [-n CALLS] [-i MICROSECONDS] [-c CHECK_EVERY] [-d SECONDS] [-u TOKENS]
+ * -d: each thread stops after SECONDS (and -n calls at most); -u: after it has seen TOKENS
+ * distinct tokens. Credentials come from FBN_TOKEN_URL, FBN_CLIENT_ID, FBN_CLIENT_SECRET,
+ * FBN_USERNAME and FBN_PASSWORD. LUSIDAUTH_STORE=redis shares the token with other processes
+ * through Redis (LUSIDAUTH_REDIS_PORT, LUSIDAUTH_REDIS_PASSWORD; host 127.0.0.1). With LUSIDAUTH_VALIDATE_URL set (the fake Okta's /_control/validate), every
  * CHECK_EVERY-th token is checked there with libcurl. Prints one summary line; exits 1 when a
  * thread's last call failed or a token was not valid. */
 #define _DEFAULT_SOURCE
@@ -23,7 +25,8 @@
 
 #define MAX_TOKENS 4096
 
-static int threads = 16, calls = 10000, interval_us = 0, check_every = 1000;
+static int threads = 16, calls = 10000, interval_us = 0, check_every = 1000, until_tokens = 0;
+static double duration_s = 0;
 static const char *validate_url;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -31,6 +34,7 @@ static char *tokens[MAX_TOKENS]; /* distinct tokens seen, in order */
 static int ntokens;
 static long failures, invalid, checked, unrecovered;
 static double *latencies; /* per call, in microseconds */
+static long *done_calls;  /* per thread: calls made (fewer than -n with -d or -u) */
 
 static double now_us(void) {
   struct timespec ts;
@@ -43,7 +47,9 @@ static const char *SETUP =
     "local e = os.getenv\n"
     "local c = lusidauth.new_password { token_url = e 'FBN_TOKEN_URL', client_id = e 'FBN_CLIENT_ID',\n"
     "  client_secret = e 'FBN_CLIENT_SECRET', username = e 'FBN_USERNAME', password = e 'FBN_PASSWORD',\n"
-    "  deadline = tonumber(e 'LUSIDAUTH_DEADLINE') or 10, retry_base = 0.05 }\n"
+    "  deadline = tonumber(e 'LUSIDAUTH_DEADLINE') or 10, retry_base = 0.05,\n"
+    "  store = e 'LUSIDAUTH_STORE', redis = e 'LUSIDAUTH_STORE' == 'redis' and {\n"
+    "    port = tonumber(e 'LUSIDAUTH_REDIS_PORT'), password = e 'LUSIDAUTH_REDIS_PASSWORD' } or nil }\n"
     "return function() return c:token() end\n";
 
 static void note_token(const char *tok) {
@@ -78,7 +84,8 @@ static int still_valid(CURL *h, const char *tok) {
 }
 
 static void *worker(void *arg) {
-  long id = (long)arg, i, last_len = 0;
+  long id = (long)arg, i, last_len = 0, seen = 0;
+  double start = now_us();
   int last_ok = 0;
   char last[512] = "";
   lua_State *L = luaL_newstate();
@@ -111,6 +118,7 @@ static void *worker(void *arg) {
         note_token(tok);
         if (n < sizeof last) memcpy(last, tok, n + 1);
         last_len = (long)n;
+        seen++;
       }
       if (h != NULL && check_every > 0 && i % check_every == 0) {
         int ok = still_valid(h, tok);
@@ -122,7 +130,15 @@ static void *worker(void *arg) {
     }
     lua_pop(L, 2);
     if (interval_us > 0) usleep((useconds_t)interval_us);
+    if ((until_tokens > 0 && seen >= until_tokens) ||
+        (duration_s > 0 && now_us() - start >= duration_s * 1e6)) {
+      i++;
+      break;
+    }
   }
+  pthread_mutex_lock(&lock);
+  done_calls[id] = i;
+  pthread_mutex_unlock(&lock);
   if (!last_ok) {
     pthread_mutex_lock(&lock);
     unrecovered++;
@@ -143,14 +159,17 @@ int main(int argc, char **argv) {
   long i, total;
   int opt;
   double t0, elapsed;
-  while ((opt = getopt(argc, argv, "t:n:i:c:")) != -1) {
+  while ((opt = getopt(argc, argv, "t:n:i:c:d:u:")) != -1) {
     switch (opt) {
     case 't': threads = atoi(optarg); break;
     case 'n': calls = atoi(optarg); break;
     case 'i': interval_us = atoi(optarg); break;
     case 'c': check_every = atoi(optarg); break;
+    case 'd': duration_s = atof(optarg); break;
+    case 'u': until_tokens = atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: host [-t THREADS] [-n CALLS] [-i MICROSECONDS] [-c CHECK_EVERY]\n");
+      fprintf(stderr, "usage: host [-t THREADS] [-n CALLS] [-i MICROSECONDS] [-c CHECK_EVERY] "
+                      "[-d SECONDS] [-u TOKENS]\n");
       return 2;
     }
   }
@@ -160,11 +179,18 @@ int main(int argc, char **argv) {
   total = (long)threads * calls;
   latencies = calloc((size_t)total, sizeof *latencies);
   tids = calloc((size_t)threads, sizeof *tids);
-  if (latencies == NULL || tids == NULL) return 2;
+  done_calls = calloc((size_t)threads, sizeof *done_calls);
+  if (latencies == NULL || tids == NULL || done_calls == NULL) return 2;
   t0 = now_us();
   for (i = 0; i < threads; i++) pthread_create(&tids[i], NULL, worker, (void *)i);
   for (i = 0; i < threads; i++) pthread_join(tids[i], NULL);
   elapsed = (now_us() - t0) / 1e6;
+  { /* the calls made, packed to the front, for the percentiles */
+    long k = 0, j;
+    for (i = 0; i < threads; i++)
+      for (j = 0; j < done_calls[i]; j++) latencies[k++] = latencies[i * calls + j];
+    total = k > 0 ? k : 1;
+  }
   qsort(latencies, (size_t)total, sizeof *latencies, cmp);
   printf("threads=%d calls=%ld failures=%ld unrecovered=%ld tokens=%d checked=%ld invalid=%ld "
          "elapsed_s=%.2f p50_us=%.2f p99_us=%.2f max_us=%.0f\n",
@@ -173,6 +199,7 @@ int main(int argc, char **argv) {
   for (i = 0; i < ntokens; i++) free(tokens[i]);
   free(latencies);
   free(tids);
+  free(done_calls);
   curl_global_cleanup();
   return unrecovered > 0 || invalid > 0; /* failures during an outage are expected */
 }
