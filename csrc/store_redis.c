@@ -50,6 +50,8 @@ typedef struct redis_store {
   redisReader *reader;
   char owner[33];         /* our lock's value while we hold it */
   int locked;
+  int64_t down_until;     /* after a failure, no new connection is tried before this */
+  la_error last;          /* ... and this failure is reported instead */
 } redis_store;
 
 static void disconnect(redis_store *r) {
@@ -61,10 +63,14 @@ static void disconnect(redis_store *r) {
   r->reader = NULL;
 }
 
+/* Records a failure: the connection is dropped, and for a second calls fail at once with the
+ * same error, so that a Redis that is down costs one connect timeout, not one per call. */
 static int down(redis_store *r, la_error *err, const char *what, const char *detail) {
   disconnect(r);
   la_error_set(err, LA_ERR_NETWORK, 1, "token store: %s: %s%s%s", r->where, what,
                detail != NULL ? ": " : "", detail != NULL ? detail : "");
+  r->last = *err;
+  r->down_until = la_now() + 1000000000;
   return LA_STORE_DOWN;
 }
 
@@ -274,6 +280,10 @@ static redisReply *exchange(redis_store *r, la_error *err, int argc, const char 
 /* exchange() on the connection, made first if there is none. */
 static redisReply *command(redis_store *r, la_error *err, int argc, const char **argv,
                            const size_t *lens) {
+  if (r->fd < 0 && la_now() < r->down_until) {
+    *err = r->last;
+    return NULL;
+  }
   if (r->fd < 0 && connect_store(r, err) != 0) return NULL;
   return exchange(r, err, argc, argv, lens);
 }

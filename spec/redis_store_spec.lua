@@ -115,7 +115,8 @@ describe("the Redis store", function()
       lines[1])
   end)
 
-  it("refreshes once for both, and the second uses the rotated chain without reuse", function()
+  -- #timing: 2 s sleeps against a 4 s token; valgrind's 50x slower KDF would outlast them
+  it("refreshes once for both, and the second uses the rotated chain without reuse #timing", function()
     okta.config { expires_in = 4 }
     local c1, c2 = lusidauth.new_password(redis_opts()), lusidauth.new_password(redis_opts())
     local t1 = assert(c1:token())
@@ -206,7 +207,7 @@ print((c:token()) and "ok" or "err")
     assert.is_nil(tostring(c):find("not-the-redis-password", 1, true))
   end)
 
-  it("goes on alone while Redis is down, not rotating the shared refresh token; shares when it is back", function()
+  it("goes on alone while Redis is down, not rotating the shared refresh token; shares again #timing", function()
     okta.config { expires_in = 4 }
     local log, lines = logger()
     local c1 = lusidauth.new_password(redis_opts { log = log })
