@@ -45,6 +45,7 @@ int la_entry_store(la_entry *e, const char *tok, size_t n, double expires_in, in
 }
 
 void la_entry_invalidate(la_entry *e) {
+  if (e->access.p != NULL) e->dropped = la_token_hash(e->access.p, e->access.n);
   la_secret_clear(&e->access);
   e->expires_at = e->refresh_at = e->retry_at = 0;
   e->failures = 0;
@@ -76,8 +77,10 @@ static uint64_t fnv(uint64_t h, const char *p, size_t n) {
 
 static size_t slen(const char *s) { return s != NULL ? strlen(s) : 0; }
 
-static uint64_t identity_hash(const la_creds *c, const la_secret *start) {
-  uint64_t h = 14695981039346656037ULL;
+uint64_t la_token_hash(const char *p, size_t n) { return fnv(14695981039346656037ULL, p, n); }
+
+static uint64_t identity_hash(const la_creds *c, const la_secret *start, const char *tag) {
+  uint64_t h = fnv(14695981039346656037ULL, tag, slen(tag));
   char g = (char)('0' + c->grant);
   h = fnv(h, &g, 1);
   h = fnv(h, c->token_url, slen(c->token_url));
@@ -99,9 +102,10 @@ static int secret_eq(const la_secret *a, const la_secret *b) {
 }
 
 /* Every credential, compared exactly: the hash only finds candidates. */
-static int identity_eq(const la_shared *s, const la_creds *c, const la_secret *start) {
+static int identity_eq(const la_shared *s, const la_creds *c, const la_secret *start,
+                       const char *tag) {
   const la_creds *o = &s->id;
-  return o->grant == c->grant && str_eq(o->token_url, c->token_url) &&
+  return str_eq(s->tag, tag) && o->grant == c->grant && str_eq(o->token_url, c->token_url) &&
          str_eq(o->client_id, c->client_id) && str_eq(o->username, c->username) &&
          str_eq(o->scope, c->scope) && secret_eq(&o->client_secret, &c->client_secret) &&
          secret_eq(&o->password, &c->password) && secret_eq(&s->start, start);
@@ -123,12 +127,13 @@ static void shared_free(la_shared *s) {
   la_secret_clear(&s->id.client_secret);
   la_secret_clear(&s->id.password);
   la_secret_clear(&s->start);
+  free(s->tag);
   pthread_cond_destroy(&s->cond);
   pthread_mutex_destroy(&s->lock);
   free(s);
 }
 
-static la_shared *shared_new(const la_creds *c, const la_secret *start) {
+static la_shared *shared_new(const la_creds *c, const la_secret *start, const char *tag) {
   la_shared *s = calloc(1, sizeof *s);
   pthread_condattr_t ca;
   int bad = 0;
@@ -145,6 +150,7 @@ static la_shared *shared_new(const la_creds *c, const la_secret *start) {
   s->id.client_id = dup_or_null(c->client_id, &bad);
   s->id.username = dup_or_null(c->username, &bad);
   s->id.scope = dup_or_null(c->scope, &bad);
+  s->tag = dup_or_null(tag, &bad);
   if (c->client_secret.p && la_secret_set(&s->id.client_secret, c->client_secret.p, c->client_secret.n)) bad = 1;
   if (c->password.p && la_secret_set(&s->id.password, c->password.p, c->password.n)) bad = 1;
   if (start->p != NULL) {
@@ -159,21 +165,22 @@ static la_shared *shared_new(const la_creds *c, const la_secret *start) {
 }
 
 /* The entry for this identity: an existing one when share is set, else a new one. The starting
- * refresh token seeds a new entry; an existing one keeps its own (rotated) chain. */
-la_shared *la_shared_get(const la_creds *c, const la_secret *start, int share) {
+ * refresh token seeds a new entry; an existing one keeps its own (rotated) chain. tag names the
+ * token store behind it: clients with different stores (or none) must not share a chain. */
+la_shared *la_shared_get(const la_creds *c, const la_secret *start, const char *tag, int share) {
   la_shared *s;
   uint64_t h;
-  if (!share) return shared_new(c, start);
-  h = identity_hash(c, start);
+  if (!share) return shared_new(c, start, tag);
+  h = identity_hash(c, start, tag);
   pthread_mutex_lock(&registry_lock);
   for (s = registry; s != NULL; s = s->next) {
-    if (s->hash == h && identity_eq(s, c, start)) {
+    if (s->hash == h && identity_eq(s, c, start, tag)) {
       s->refs++;
       pthread_mutex_unlock(&registry_lock);
       return s;
     }
   }
-  if ((s = shared_new(c, start)) != NULL) {
+  if ((s = shared_new(c, start, tag)) != NULL) {
     s->hash = h;
     s->registered = 1;
     s->next = registry;

@@ -79,20 +79,24 @@ static int client_new(lua_State *L) {
   la_read_options(L, c, grant, 2);
   if (grant == LA_GRANT_PAT) {
     static const la_secret none = {NULL, 0};
-    c->sh = la_shared_get(&c->creds, &none, 0);
+    c->sh = la_shared_get(&c->creds, &none, NULL, 0);
     if (c->sh == NULL || la_entry_store(&c->sh->e, c->start.p, c->start.n, 1, 0, 0) != 0)
       return luaL_error(L, "lusidauth: out of memory");
     c->sh->e.expires_at = c->sh->e.refresh_at = INT64_MAX; /* a PAT does not expire here */
     la_shared_publish(c->sh);
     la_secret_clear(&c->start);
   } else {
-    if ((c->sh = la_shared_get(&c->creds, &c->start, c->share)) == NULL)
-      return luaL_error(L, "lusidauth: out of memory");
+    char *tag = la_store_tag(&c->store_conf);
+    if (c->store_conf.kind != NULL && tag == NULL) return luaL_error(L, "lusidauth: out of memory");
+    c->sh = la_shared_get(&c->creds, &c->start, tag, c->share);
+    free(tag);
+    if (c->sh == NULL) return luaL_error(L, "lusidauth: out of memory");
     if (c->store_conf.kind != NULL) {
       la_error err;
       la_error_reset(&err);
-      if ((c->store = la_store_open(&c->store_conf, &c->creds, &c->start, &err)) == NULL)
-        return luaL_error(L, "lusidauth: %s", err.message);
+      c->store = la_store_open(&c->store_conf, &c->creds, &c->start, &err);
+      la_secret_clear(&c->store_conf.password); /* the store has its own copy */
+      if (c->store == NULL) return luaL_error(L, "lusidauth: %s", err.message);
     }
     la_secret_clear(&c->start); /* the entry has its own copy */
   }
@@ -241,6 +245,9 @@ typedef struct run_ctx {
   la_flow f;
   la_action a;
   int store_locked;
+  int resave;            /* the store holds an older state than ours: write ours */
+  int alone;             /* refreshing without the store */
+  unsigned long gen0;    /* the entry's generation when the store was read */
 } run_ctx;
 
 /* The requests of one refresh, under lua_pcall: (client, ctx) -> (). Whatever happens in here,
@@ -369,61 +376,85 @@ int la_run_end(la_client *c, la_flow *f, la_action a, int raised) {
 
 /* ---- the token store: consulted before a network refresh, written after one ---- */
 
-static void store_note(lua_State *L, la_client *c, la_flow *f, int level, const char *msg) {
+/* A line for the log hook. Returns 1 when the hook closed the client: the caller stops. */
+static int store_note(lua_State *L, la_client *c, la_flow *f, int level, const char *msg) {
   f->note_level = level;
   snprintf(f->note, sizeof f->note, "%s", msg);
   log_note(L, c, 1, f);
+  return c->closed;
 }
 
-/* Without the store (unreachable, or it has nothing for us): a refresh token that other
- * processes may also hold is not rotated blindly, since two holders rotating one token make
- * Okta revoke the chain. A client with a password logs in afresh instead; one with only a
- * refresh token has nothing else and uses it. Then the flow decides again. */
-static void store_alone(lua_State *L, la_client *c, run_ctx *x, int mode) {
+static int store_down(lua_State *L, la_client *c, run_ctx *x, const la_error *err) {
+  char msg[600];
+  snprintf(msg, sizeof msg, "%s; this process refreshes on its own until it is back",
+           err->message);
+  return store_note(L, c, &x->f, LA_LOG_WARN, msg);
+}
+
+/* Under sh->lock, when the store gave us nothing: a refresh token that other processes may also
+ * hold (it came from, or went to, the store) is not rotated blindly, since two holders rotating
+ * one token make Okta revoke the chain. A client with a password logs in afresh instead; one
+ * with only a refresh token has nothing else and uses it. Returns 1 when it dropped one. */
+static int drop_shared_refresh(la_client *c, int mode) {
   la_shared *sh = c->sh;
-  int dropped = 0;
-  if (mode != LA_MODE_TOKEN) return;
-  pthread_mutex_lock(&sh->lock);
-  if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD && sh->e.refresh.p != NULL) {
-    la_secret_clear(&sh->e.refresh);
-    dropped = 1;
-  }
-  sh->refresh_shared = 0;
-  x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, la_now(),
-                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)c);
-  pthread_mutex_unlock(&sh->lock);
-  if (dropped)
-    store_note(L, c, &x->f, LA_LOG_INFO,
-               "token store: not rotating a refresh token other processes may hold without the "
-               "store; logging in with the password instead");
+  int dropped = mode == LA_MODE_TOKEN && sh->refresh_shared &&
+                c->creds.grant == LA_GRANT_PASSWORD && sh->e.refresh.p != NULL;
+  if (dropped) la_secret_clear(&sh->e.refresh);
+  if (mode == LA_MODE_TOKEN) sh->refresh_shared = 0;
+  return dropped;
 }
 
-/* With the process's refresh in flight held: takes the store's refresh lock and loads what
+/* The flow decides again on the entry as it now is, within the call's original deadline. */
+static void restart_flow(la_client *c, run_ctx *x, int mode) {
+  int64_t deadline = x->f.deadline;
+  x->a = la_flow_start(&x->f, &c->creds, &c->sh->e, mode, la_now(),
+                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)c);
+  x->f.deadline = deadline;
+  if (la_now() >= deadline && x->a.kind == LA_ACT_SEND) {
+    x->a.kind = LA_ACT_FAIL;
+    la_error_set(&x->f.err, LA_ERR_TIMEOUT, 1, "token store: the deadline passed while waiting for "
+                                               "another process's refresh");
+  }
+}
+
+/* Without the store (unreachable, or its lock not free before the deadline). 0 to go on, 1 when
+ * the client was closed by the log hook. */
+static int store_alone(lua_State *L, la_client *c, run_ctx *x, int mode) {
+  int dropped;
+  x->alone = 1;
+  pthread_mutex_lock(&c->sh->lock);
+  dropped = drop_shared_refresh(c, mode);
+  restart_flow(c, x, mode);
+  pthread_mutex_unlock(&c->sh->lock);
+  if (dropped)
+    return store_note(L, c, &x->f, LA_LOG_INFO,
+                      "token store: not rotating a refresh token other processes may hold "
+                      "without the store; logging in with the password instead");
+  return 0;
+}
+
+/* With the process's refresh in flight held: takes the store's refresh lock and reads what
  * another process stored, then lets the flow decide again. While our token is still valid we
  * only try the lock once: a busy lock means another process is refreshing, so the valid token
- * is served. A store that cannot be reached is logged and done without. Returns 0 to go on
- * (x->a is the next action), or 1 when x->a settled it. */
+ * is served. A store that cannot be reached is logged and done without. No lock of ours is held
+ * during the store's I/O or its KDF. Returns 0 to go on (x->a is the next action), 1 when x->a
+ * settled it or the client was closed (the caller checks c->closed). */
 static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
   la_shared *sh = c->sh;
   la_error err;
+  la_buf b = {NULL, 0, 0};
   int64_t now = la_now();
   double hold = c->creds.deadline + c->http.connect_timeout + c->http.timeout;
-  int got, loaded, valid;
+  double wait = (double)(x->f.deadline - now) / 2e9; /* the other half: for our own refresh */
+  int got, fetched, applied = 0, valid, dropped = 0;
   la_error_reset(&err);
   pthread_mutex_lock(&sh->lock);
   valid = la_entry_state(&sh->e, now) == LA_STALE;
   pthread_mutex_unlock(&sh->lock);
   la_store_warm(c->store); /* the KDF, once per process, before the lock */
-  got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : c->creds.deadline, hold,
+  got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : wait > 0 ? wait : 0, hold,
                       &err);
-  if (got == LA_STORE_DOWN) {
-    char msg[600];
-    snprintf(msg, sizeof msg, "%s; this process refreshes on its own until it is back",
-             err.message);
-    store_note(L, c, &x->f, LA_LOG_WARN, msg);
-    store_alone(L, c, x, mode);
-    return 0;
-  }
+  if (got == LA_STORE_DOWN) return store_down(L, c, x, &err) || store_alone(L, c, x, mode);
   if (got < 0) {
     x->f.err = err;
     x->a.kind = LA_ACT_FAIL;
@@ -437,54 +468,86 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
       x->a.kind = LA_ACT_USE;
       return 1;
     }
-    store_note(L, c, &x->f, LA_LOG_WARN,
-               "token store: another process held the refresh lock past the deadline; "
-               "refreshing without it");
-    return 0;
+    if (c->creds.grant == LA_GRANT_REFRESH && sh->refresh_shared) { /* nothing safe to send */
+      la_error_set(&x->f.err, LA_ERR_TIMEOUT, 1,
+                   "token store: another process held the refresh lock past the deadline");
+      x->a.kind = LA_ACT_FAIL;
+      return 1;
+    }
+    return store_note(L, c, &x->f, LA_LOG_WARN,
+                      "token store: another process held the refresh lock past the deadline; "
+                      "going on without it") ||
+           store_alone(L, c, x, mode);
   }
   x->store_locked = 1;
-  if (mode != LA_MODE_TOKEN) return 0; /* a forced login or refresh goes to the network */
-  pthread_mutex_lock(&sh->lock);
-  loaded = la_store_load(c->store, &sh->e, c->creds.refresh_skew, &err);
-  if (loaded > 0) {
-    sh->refresh_shared = sh->e.refresh.p != NULL;
-    la_shared_publish(sh);
-    x->a = la_flow_start(&x->f, &c->creds, &sh->e, mode, la_now(),
-                         (uint64_t)now ^ (uint64_t)(uintptr_t)c);
-  }
-  pthread_mutex_unlock(&sh->lock);
-  if (loaded == LA_STORE_DOWN) {
-    char msg[600];
-    snprintf(msg, sizeof msg, "%s; this process refreshes on its own until it is back",
-             err.message);
-    store_note(L, c, &x->f, LA_LOG_WARN, msg);
-  }
-  if (loaded == -1) {
+  fetched = la_store_fetch(c->store, &b, &err);
+  if (fetched == -1) {
+    la_buf_free(&b);
     x->f.err = err;
     x->a.kind = LA_ACT_FAIL;
     return 1;
   }
-  if (loaded <= 0) store_alone(L, c, x, mode);
-  if (loaded > 0 && x->a.kind == LA_ACT_USE)
-    store_note(L, c, &x->f, LA_LOG_DEBUG, "token store: used the token another process stored");
+  if (fetched == LA_STORE_DOWN && store_down(L, c, x, &err)) return 1;
+  pthread_mutex_lock(&sh->lock);
+  if (sh->store_dirty) /* a state of ours never reached the store: the store gets ours */
+    x->resave = 1;
+  else if (fetched == 1)
+    applied = la_store_apply(c->store, b.p, b.n, &sh->e, c->creds.refresh_skew);
+  if (applied == 1) {
+    sh->refresh_shared = sh->e.refresh.p != NULL;
+    la_shared_publish(sh);
+  } else if (!x->resave) {
+    dropped = drop_shared_refresh(c, mode);
+  }
+  x->gen0 = sh->e.gen;
+  restart_flow(c, x, mode);
+  pthread_mutex_unlock(&sh->lock);
+  la_buf_free(&b);
+  if (dropped)
+    return store_note(L, c, &x->f, LA_LOG_INFO,
+                      "token store: it has no state for us; logging in with the password rather "
+                      "than rotating a refresh token other processes may hold");
+  if (applied == 1 && x->a.kind == LA_ACT_USE)
+    return store_note(L, c, &x->f, LA_LOG_DEBUG,
+                      "token store: used the token another process stored");
   return 0;
 }
 
-/* After the requests: stores what they got, and releases the store's lock. */
-static void store_after(lua_State *L, la_client *c, run_ctx *x, int ok) {
+/* After the requests: stores a new state (whatever the hook did: a rotated refresh token must
+ * reach the store), outside the entry's lock, and releases the store's lock. Returns 1 when the
+ * client was closed by the log hook. */
+static int store_after(lua_State *L, la_client *c, run_ctx *x) {
+  la_shared *sh = c->sh;
+  la_store_blobs blobs;
   la_error err;
-  if (!x->store_locked) return;
-  if (ok && x->f.attempts > 0) {
-    int rc;
-    la_error_reset(&err);
-    pthread_mutex_lock(&c->sh->lock); /* the entry's secrets are read in place */
-    rc = la_store_save(c->store, &c->sh->e, &err);
-    if (rc == 0) c->sh->refresh_shared = c->sh->e.refresh.p != NULL;
-    pthread_mutex_unlock(&c->sh->lock);
-    if (rc != 0) store_note(L, c, &x->f, LA_LOG_WARN, err.message);
+  int rc = 1, save;
+  if (!x->store_locked) {
+    if (x->alone && x->f.attempts > 0) { /* a new state the store has not seen */
+      pthread_mutex_lock(&sh->lock);
+      sh->store_dirty = 1;
+      pthread_mutex_unlock(&sh->lock);
+    }
+    return 0;
   }
-  la_store_unlock(c->store);
   x->store_locked = 0;
+  la_error_reset(&err);
+  pthread_mutex_lock(&sh->lock);
+  save = x->resave || (x->f.attempts > 0 && (sh->e.gen != x->gen0 || x->f.rotated));
+  if (save && (rc = la_store_pack(c->store, &sh->e, &blobs, &err)) == 0)
+    sh->refresh_shared = sh->e.refresh.p != NULL;
+  pthread_mutex_unlock(&sh->lock);
+  if (save && rc == 0) {
+    rc = la_store_push(c->store, &blobs, &err);
+    la_store_blobs_free(&blobs);
+  }
+  if (save) {
+    pthread_mutex_lock(&sh->lock);
+    sh->store_dirty = rc != 0;
+    pthread_mutex_unlock(&sh->lock);
+  }
+  if (save && rc != 0 && store_note(L, c, &x->f, LA_LOG_WARN, err.message)) return 1;
+  la_store_unlock(c->store);
+  return 0;
 }
 
 /* The slow path of token(), and login() and refresh(), over libcurl: blocking. */
@@ -524,8 +587,10 @@ static int run_flow(lua_State *L, la_client *c, int mode) {
     if (rc != 0) return lua_error(L);
     return luaL_error(L, "lusidauth: the client was closed during its refresh");
   }
-  if (c->store != NULL && !la_store_external(c->store))
-    store_after(L, c, x, rc == 0 && x->a.kind == LA_ACT_USE);
+  if (c->store != NULL && !la_store_external(c->store) && !c->closed && store_after(L, c, x)) {
+    if (rc != 0) return lua_error(L);
+    return luaL_error(L, "lusidauth: the client was closed during its refresh");
+  }
   result = la_run_end(c, &x->f, x->a, rc != 0);
   if (rc != 0) return lua_error(L); /* the hook's (or a memory) error, now that all is released */
   if (result == LA_BEGIN_OOM) return luaL_error(L, "lusidauth: out of memory");

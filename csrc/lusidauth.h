@@ -82,6 +82,7 @@ typedef struct la_entry {
   int64_t retry_at;      /* no refresh attempt before this while a stale token is served */
   int failures;          /* failed refreshes in a row, for the backoff */
   unsigned long gen;     /* bumped whenever the access token changes */
+  uint64_t dropped;      /* hash of the access token last invalidated: not to be loaded again */
 } la_entry;
 
 LA_HIDDEN int64_t la_now(void);
@@ -91,6 +92,7 @@ LA_HIDDEN int la_entry_store(la_entry *e, const char *tok, size_t n, double expi
 LA_HIDDEN void la_entry_invalidate(la_entry *e);
 LA_HIDDEN void la_entry_clear(la_entry *e);
 LA_HIDDEN double la_entry_seconds_left(const la_entry *e, int64_t now);
+LA_HIDDEN uint64_t la_token_hash(const char *p, size_t n);
 
 /* ---- flow.c: the token flow as a state machine with no I/O ---- */
 enum { LA_GRANT_PASSWORD = 0, LA_GRANT_REFRESH, LA_GRANT_CLIENT_CREDENTIALS, LA_GRANT_PAT };
@@ -123,11 +125,13 @@ typedef struct la_shared {
   unsigned long epoch;    /* refreshes completed, successful or not */
   int failed;             /* the last one failed, with last_error */
   int refresh_shared;     /* e.refresh came from, or went to, a token store: others may hold it */
+  int store_dirty;        /* a new state did not reach the store: it must get ours, not give */
   la_error last_error;
   unsigned long pub_gen;  /* e.gen, for the lock-free fresh check (atomic) */
   /* identity, fixed at creation */
   la_creds id;
   la_secret start;        /* the refresh token a client started from */
+  char *tag;              /* where its token store is (NULL: none): part of the identity */
   uint64_t hash;
   int registered;
   unsigned refs;
@@ -174,7 +178,8 @@ typedef struct la_flow {
   char note[768];
 } la_flow;
 
-LA_HIDDEN la_shared *la_shared_get(const la_creds *c, const la_secret *start, int share);
+LA_HIDDEN la_shared *la_shared_get(const la_creds *c, const la_secret *start, const char *tag,
+                                   int share);
 LA_HIDDEN void la_shared_release(la_shared *s);
 LA_HIDDEN void la_shared_publish(la_shared *s);
 LA_HIDDEN unsigned long la_shared_gen(la_shared *s);
@@ -200,22 +205,31 @@ typedef struct la_store_conf {
   la_secret password;
   int port, db, tls;
   double timeout;
+  double refresh_ttl;         /* seconds the refresh-token chain is kept (redis) */
 } la_store_conf;
 enum { LA_STORE_DOWN = -2 };  /* the store cannot be reached: each process goes on alone */
+
+/* What a save writes: the state (with the access token; kept for the token's life) and the
+ * chain (the refresh token only; kept for refresh_ttl, since it outlives the access token). */
+typedef struct la_store_blobs {
+  la_buf state, chain;
+  double state_ttl, chain_ttl;
+} la_store_blobs;
 
 LA_HIDDEN la_store *la_store_open(const la_store_conf *conf, const la_creds *c,
                                   const la_secret *start, la_error *err);
 LA_HIDDEN void la_store_conf_free(la_store_conf *conf);
+LA_HIDDEN char *la_store_tag(const la_store_conf *conf);
 LA_HIDDEN void la_store_close(la_store *s);
 LA_HIDDEN int la_store_external(const la_store *s);
 LA_HIDDEN const char *la_store_name(const la_store *s);
 LA_HIDDEN int la_store_lock(la_store *s, double wait, double hold, la_error *err);
 LA_HIDDEN void la_store_unlock(la_store *s);
-LA_HIDDEN int la_store_load(la_store *s, la_entry *e, double skew, la_error *err);
-LA_HIDDEN int la_store_decode(la_store *s, const char *p, size_t n, la_entry *e, double skew);
-LA_HIDDEN int la_store_encode(la_store *s, const la_entry *e, la_buf *out, double *ttl,
-                              la_error *err);
-LA_HIDDEN int la_store_save(la_store *s, const la_entry *e, la_error *err);
+LA_HIDDEN int la_store_fetch(la_store *s, la_buf *out, la_error *err);
+LA_HIDDEN int la_store_apply(la_store *s, const char *p, size_t n, la_entry *e, double skew);
+LA_HIDDEN int la_store_pack(la_store *s, const la_entry *e, la_store_blobs *out, la_error *err);
+LA_HIDDEN int la_store_push(la_store *s, const la_store_blobs *b, la_error *err);
+LA_HIDDEN void la_store_blobs_free(la_store_blobs *b);
 LA_HIDDEN void la_store_warm(la_store *s);
 
 /* ---- the Lua side of each file ---- */

@@ -118,13 +118,20 @@ static char *dup_or_raise(lua_State *L, const char *s) {
   return d;
 }
 
+static int is_loopback(const char *host) {
+  return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+         strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
+}
+
 /* The redis = {...} table of store = "redis". */
 static int read_redis(lua_State *L, la_store_conf *sc, int opts) {
-  static const char *const known[] = {"host", "port", "db", "username", "password", "tls",
-                                      "ca_file", "prefix", "timeout", NULL};
-  static const char *const labels[] = {"redis.host", "redis.port", "redis.db", "redis.username",
-                                       "redis.password", "redis.tls", "redis.ca_file",
-                                       "redis.prefix", "redis.timeout"};
+  static const char *const known[] = {"host",    "port",   "db",      "username",    "password",
+                                      "tls",     "ca_file", "prefix", "timeout", "refresh_ttl",
+                                      "insecure", NULL};
+  static const char *const labels[] = {
+      "redis.host", "redis.port",   "redis.db",      "redis.username",    "redis.password",
+      "redis.tls",  "redis.ca_file", "redis.prefix", "redis.timeout", "redis.refresh_ttl",
+      "redis.insecure"};
   int t;
   size_t n;
   const char *s;
@@ -143,7 +150,7 @@ static int read_redis(lua_State *L, la_store_conf *sc, int opts) {
       for (i = 0; known[i] != NULL && !found; i++) found = strcmp(lua_tostring(L, -2), known[i]) == 0;
     if (!found)
       luaL_error(L, "lusidauth: unknown option 'redis.%s' (known: host, port, db, username, "
-                    "password, tls, ca_file, prefix, timeout)",
+                    "password, tls, ca_file, prefix, timeout, refresh_ttl, insecure)",
                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
     lua_pop(L, 1);
   }
@@ -157,14 +164,20 @@ static int read_redis(lua_State *L, la_store_conf *sc, int opts) {
   sc->ca_file = dup_or_raise(L, opt_str_l(L, t, known[6], labels[6], NULL));
   sc->prefix = dup_or_raise(L, opt_str_l(L, t, known[7], labels[7], NULL));
   sc->timeout = opt_num_l(L, t, known[8], labels[8], 1.0, 0.001, 3600);
+  sc->refresh_ttl = opt_num_l(L, t, known[9], labels[9], 7 * 86400.0, 60, LA_MAX_EXPIRES_IN);
+  if (sc->prefix != NULL && strlen(sc->prefix) > 200)
+    luaL_error(L, "lusidauth: option 'redis.prefix' must be at most 200 bytes");
+  if (sc->username != NULL && sc->password.p == NULL)
+    luaL_error(L, "lusidauth: option 'redis.username' needs redis.password");
+  /* tokens and the password go over this connection: in clear text only on loopback */
+  if (!sc->tls && sc->host != NULL && !is_loopback(sc->host) &&
+      !opt_bool_l(L, t, known[10], labels[10], 0))
+    luaL_error(L, "lusidauth: option 'redis.host' is not a loopback address: set redis.tls = true "
+                  "(or redis.insecure = true to send tokens in clear text)");
   lua_pop(L, 1);
   return 1;
 }
 
-static int is_loopback(const char *host) {
-  return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
-         strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
-}
 
 /* A URL option: parseable, http(s), no user:password@ in it, https unless loopback/insecure. */
 void la_check_url(lua_State *L, const char *name, const char *url, int insecure) {

@@ -18,10 +18,14 @@
  * lock; store.c makes and checks them):
  *   core.store_key(c)        --> the identity's name in the store (hex; no secret in it)
  *   run:store_import(blob)   --> the next action, after loading what another process stored
- *                                (blob nil: the store had nothing, or could not be reached);
- *                                only before the first request
- *   core.store_export(c)     --> blob, ttl | nil: the state to store, and the access token's
- *                                seconds left (the blob's lifetime in the store)
+ *                                (the state blob, else the chain blob; nil: the store had
+ *                                nothing, or could not be reached); before the first request
+ *   run:store_dirty()        --> true when the store should get our state after finish()
+ *   core.store_export(c)     --> state, state_ttl, chain, chain_ttl | nil: the blobs to store
+ *                                and their lifetimes in seconds (state nil: the access token
+ *                                has expired; chain nil: no refresh token)
+ *   core.store_saved(c, ok)  -- whether that state (or a refresh made without the store)
+ *                                reached the store; until one does, the store gets ours
  *   core.store_warm(c[, blob]) -- runs the slow verifier KDF now (for the blob's salt, or a new
  *                                one), so that no request pays for it later */
 #define _POSIX_C_SOURCE 200809L
@@ -39,6 +43,8 @@ typedef struct la_run {
   la_flow f;
   la_action a;
   int64_t sent_at;
+  int resave;          /* store_import found the store older than us */
+  unsigned long gen0;  /* the entry's generation after store_import */
 } la_run;
 
 static const char *const modes[] = {"token", "login", "refresh", NULL};
@@ -259,24 +265,41 @@ static int run_store_import(lua_State *L) {
   la_store *st = check_store(L, c);
   size_t n = 0;
   const char *blob = luaL_optlstring(L, 2, NULL, &n);
-  int loaded = 0;
-  if (r->a.kind != LA_ACT_SEND || r->f.attempts > 0)
+  int applied = 0, mode = r->f.mode;
+  int64_t deadline = r->f.deadline;
+  if ((r->a.kind != LA_ACT_SEND && r->a.kind != LA_ACT_FAIL) || r->f.attempts > 0)
     return luaL_error(L, "lusidauth: store_import comes before the first request");
-  if (r->f.mode != LA_MODE_TOKEN) return push_action(L, r); /* login()/refresh(): the network */
   pthread_mutex_lock(&sh->lock);
-  if (blob != NULL) loaded = la_store_decode(st, blob, n, &sh->e, c->creds.refresh_skew);
-  if (loaded) {
+  r->resave = sh->store_dirty; /* a state of ours never reached the store: it gets ours */
+  if (blob != NULL && !r->resave)
+    applied = la_store_apply(st, blob, n, &sh->e, c->creds.refresh_skew);
+  if (applied == 1) {
     sh->refresh_shared = sh->e.refresh.p != NULL;
     la_shared_publish(sh);
-  } else {
-    /* as client.c's store_alone: a refresh token others may hold is not rotated blindly */
+  } else if (!r->resave && mode == LA_MODE_TOKEN) {
+    /* as client.c's drop_shared_refresh: a refresh token others may hold is not rotated
+     * blindly; a password client logs in instead */
     if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD) la_secret_clear(&sh->e.refresh);
     sh->refresh_shared = 0;
   }
-  r->a = la_flow_start(&r->f, &c->creds, &sh->e, LA_MODE_TOKEN, la_now(),
+  r->a = la_flow_start(&r->f, &c->creds, &sh->e, mode, la_now(),
                        (uint64_t)la_now() ^ (uint64_t)(uintptr_t)r);
+  r->f.deadline = deadline;
+  r->gen0 = sh->e.gen;
   pthread_mutex_unlock(&sh->lock);
   return push_action(L, r);
+}
+
+/* run:store_dirty() --> whether the store should get the state (core.store_export) after
+ * finish(): a new token or refresh token, or the store was older than us. Before finish(). */
+static int run_store_dirty(lua_State *L) {
+  la_run *r = check_run(L);
+  int dirty;
+  pthread_mutex_lock(&r->c->sh->lock);
+  dirty = r->resave || (r->f.attempts > 0 && (r->c->sh->e.gen != r->gen0 || r->f.rotated));
+  pthread_mutex_unlock(&r->c->sh->lock);
+  lua_pushboolean(L, dirty);
+  return 1;
 }
 
 static int store_key(lua_State *L) {
@@ -285,20 +308,20 @@ static int store_key(lua_State *L) {
   return 1;
 }
 
+/* core.store_export(c) --> state_blob, state_ttl, chain_blob, chain_ttl | nil[, err] */
 static int store_export(lua_State *L) {
   la_client *c = la_check_open(L);
   la_store *st = check_store(L, c);
-  la_buf b = {NULL, 0, 0};
+  la_store_blobs b;
   la_error err;
-  double ttl = 0;
   int rc = 1;
   la_error_reset(&err);
   pthread_mutex_lock(&c->sh->lock);
-  if (c->sh->e.access.p != NULL) rc = la_store_encode(st, &c->sh->e, &b, &ttl, &err);
+  if (c->sh->e.access.p != NULL || c->sh->e.refresh.p != NULL)
+    rc = la_store_pack(st, &c->sh->e, &b, &err);
   if (rc == 0) c->sh->refresh_shared = c->sh->e.refresh.p != NULL;
   pthread_mutex_unlock(&c->sh->lock);
-  if (rc != 0 || ttl <= 0) {
-    la_buf_free(&b);
+  if (rc != 0) {
     lua_pushnil(L);
     if (rc < 0) {
       la_push_error(L, &err);
@@ -306,10 +329,33 @@ static int store_export(lua_State *L) {
     }
     return 1;
   }
-  lua_pushlstring(L, b.p, b.n);
-  la_buf_free(&b);
-  lua_pushnumber(L, ttl);
-  return 2;
+  if (b.state.n > 0 && b.state_ttl > 0) {
+    lua_pushlstring(L, b.state.p, b.state.n);
+    lua_pushnumber(L, b.state_ttl);
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  if (b.chain.n > 0) {
+    lua_pushlstring(L, b.chain.p, b.chain.n);
+    lua_pushnumber(L, b.chain_ttl);
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  la_store_blobs_free(&b);
+  return 4;
+}
+
+/* core.store_saved(c, ok): whether the state store_export gave (or a refresh made without the
+ * store) reached the store. Until one does, the next store_import sends ours instead. */
+static int store_saved(lua_State *L) {
+  la_client *c = la_check_open(L);
+  (void)check_store(L, c);
+  pthread_mutex_lock(&c->sh->lock);
+  c->sh->store_dirty = !lua_toboolean(L, 2);
+  pthread_mutex_unlock(&c->sh->lock);
+  return 0;
 }
 
 static int store_warm(lua_State *L) {
@@ -317,16 +363,14 @@ static int store_warm(lua_State *L) {
   la_store *st = check_store(L, c);
   size_t n = 0;
   const char *blob = luaL_optlstring(L, 2, NULL, &n);
-  if (blob != NULL && la_store_decode(st, blob, n, NULL, 0) == 1) return 0;
+  if (blob != NULL && la_store_apply(st, blob, n, NULL, 0) == 1) return 0;
   { /* no blob, or not ours: make our own salt's verifier */
     la_entry scratch;
-    la_buf b = {NULL, 0, 0};
+    la_store_blobs b;
     la_error err;
-    double ttl;
     memset(&scratch, 0, sizeof scratch);
     la_error_reset(&err);
-    (void)la_store_encode(st, &scratch, &b, &ttl, &err);
-    la_buf_free(&b);
+    if (la_store_pack(st, &scratch, &b, &err) == 0) la_store_blobs_free(&b);
   }
   return 0;
 }
@@ -343,11 +387,13 @@ void la_step_open(lua_State *L) {
                                        {"store_key", store_key},
                                        {"store_export", store_export},
                                        {"store_warm", store_warm},
+                                       {"store_saved", store_saved},
                                        {NULL, NULL}};
   static const luaL_Reg methods[] = {{"request", run_request}, {"response", run_response},
                                      {"fail", run_fail},       {"waited", run_waited},
                                      {"finish", run_finish},   {"abort", run_abort},
-                                     {"store_import", run_store_import}, {NULL, NULL}};
+                                     {"store_import", run_store_import},
+                                     {"store_dirty", run_store_dirty}, {NULL, NULL}};
   luaL_newmetatable(L, LA_RUN_MT);
   lua_pushcfunction(L, run_abort);
   lua_setfield(L, -2, "__gc");

@@ -9,6 +9,7 @@
  * Expiry crosses processes as wall-clock epoch seconds and is re-anchored on the local
  * monotonic clock when loaded. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #define STORE_MAGIC "lusidauth-store 1"
 #define KDF_ITERATIONS 200000 /* about 0.1 s: once per process and identity, not per token */
 #define BLOB_MAX 65536
+#define REFRESH_TTL_DEFAULT (7 * 86400.0) /* Okta's default: a refresh token unused for 7 days expires */
 
 static void hexify(char *out, const unsigned char *in, size_t n) {
   static const char hex[] = "0123456789abcdef";
@@ -88,6 +90,19 @@ void la_store_conf_free(la_store_conf *conf) {
   memset(conf, 0, sizeof *conf);
 }
 
+/* Where the store is, for the identity of the process-wide entry: clients of one identity share
+ * one chain only when they share one store (or none). NULL: no store, or out of memory. */
+char *la_store_tag(const la_store_conf *conf) {
+  char buf[1024];
+  if (conf->kind == NULL) return NULL;
+  if (strcmp(conf->kind, "redis") == 0)
+    snprintf(buf, sizeof buf, "redis %s %d %d %s", conf->host ? conf->host : "127.0.0.1",
+             conf->port, conf->db, conf->prefix ? conf->prefix : "");
+  else
+    snprintf(buf, sizeof buf, "%s %s", conf->kind, conf->dir ? conf->dir : "");
+  return strdup(buf);
+}
+
 /* Opens the store conf->kind names, for an identity. NULL with err set when refused. */
 la_store *la_store_open(const la_store_conf *conf, const la_creds *c, const la_secret *start,
                         la_error *err) {
@@ -119,6 +134,7 @@ la_store *la_store_open(const la_store_conf *conf, const la_creds *c, const la_s
     return NULL;
   }
   hexify(s->name, name, 16); /* 128 bits name an identity well enough */
+  s->refresh_ttl = conf->refresh_ttl > 0 ? conf->refresh_ttl : REFRESH_TTL_DEFAULT;
   if (strcmp(conf->kind, "file") == 0)
     s->ops = &la_store_file_ops;
   else if (strcmp(conf->kind, "redis") == 0)
@@ -130,6 +146,7 @@ la_store *la_store_open(const la_store_conf *conf, const la_creds *c, const la_s
     return NULL;
   }
   if (s->ops != NULL && s->ops->open(s, conf, err) != 0) {
+    s->ops->close(s); /* what open made before it failed */
     la_wipe(s, sizeof *s);
     free(s);
     return NULL;
@@ -153,10 +170,12 @@ int la_store_lock(la_store *s, double wait, double hold, la_error *err) {
 
 void la_store_unlock(la_store *s) { s->ops->unlock(s); }
 
-/* Reads a blob into e (access token re-anchored on the local clock, refresh token) when it
- * parses and its verifier matches our secrets. 1: loaded; 0: nothing usable (corrupt,
- * truncated, expired, or another identity's secrets). */
-int la_store_decode(la_store *s, const char *text, size_t n, la_entry *e, double skew) {
+/* Reads a blob into e when it parses and its verifier matches our secrets: the refresh token,
+ * and the access token re-anchored on the local clock with the refresh time it was given. A
+ * access token e dropped (a 401) is not taken. e NULL: only checks the verifier (the slow KDF,
+ * for a new salt). 1: loaded; 0: nothing usable (corrupt, truncated, expired, another
+ * identity's secrets). */
+int la_store_apply(la_store *s, const char *text, size_t n, la_entry *e, double skew) {
   la_buf b = {NULL, 0, 0};
   unsigned char salt[16], want[32], got[32];
   char *p, *access = NULL, *refresh = NULL;
@@ -206,86 +225,110 @@ int la_store_decode(la_store *s, const char *text, size_t n, la_entry *e, double
   if (rc == 1 && e != NULL) {
     double wall = wall_now(), left = expires_at - wall;
     int64_t now = la_now();
+    size_t an = access != NULL ? strlen(access) : 0;
     rc = 0;
     if (refresh != NULL && la_secret_set(&e->refresh, refresh, strlen(refresh)) == 0) rc = 1;
-    if (access != NULL && expires_at > 0 && left > 1 &&
-        la_entry_store(e, access, strlen(access), left, now, skew) == 0) {
-      /* keep the refresh time the token was given: re-deriving it from the time left would
-       * make a stale token fresh again on every load */
-      if (refresh_at > 0 && refresh_at < expires_at) {
-        double in = refresh_at - wall;
-        e->refresh_at = in <= 0 ? now : now + (int64_t)(in * 1e9);
-        if (e->refresh_at > e->expires_at) e->refresh_at = e->expires_at;
+    if (access != NULL && isfinite(expires_at) && left > 1 && left <= LA_MAX_EXPIRES_IN &&
+        la_token_hash(access, an) != e->dropped) {
+      if (e->access.p != NULL && e->access.n == an && memcmp(e->access.p, access, an) == 0) {
+        rc = 1; /* the token we hold: its backoff state stays */
+      } else if (la_entry_store(e, access, an, left, now, skew) == 0) {
+        /* keep the refresh time the token was given: re-deriving it from the time left would
+         * make a stale token fresh again on every load */
+        if (isfinite(refresh_at) && refresh_at > 0 && refresh_at < expires_at) {
+          double in = refresh_at - wall;
+          e->refresh_at = in <= 0 ? now : now + (int64_t)(in * 1e9);
+          if (e->refresh_at > e->expires_at) e->refresh_at = e->expires_at;
+        }
+        rc = 1;
       }
-      rc = 1;
     }
   }
   la_buf_free(&b); /* wipes */
   return rc;
 }
 
-/* get + decode. 1 loaded, 0 nothing usable, -1 or LA_STORE_DOWN with err set. */
-int la_store_load(la_store *s, la_entry *e, double skew, la_error *err) {
-  la_buf b = {NULL, 0, 0};
-  int rc = s->ops->get(s, &b, err);
-  if (rc == 1) rc = la_store_decode(s, b.p, b.n, e, skew);
-  la_buf_free(&b);
+/* The state, or the chain when there is no state. Outside any lock: the KDF for a new salt runs
+ * here too. 1 got, 0 none, -1 or LA_STORE_DOWN with err set. */
+int la_store_fetch(la_store *s, la_buf *out, la_error *err) {
+  int rc = s->ops->get(s, LA_SLOT_STATE, out, err);
+  if (rc == 1 && la_store_apply(s, out->p, out->n, NULL, 0) == 1) return 1;
+  la_buf_free(out);
+  if (rc < 0) return rc;
+  rc = s->ops->get(s, LA_SLOT_CHAIN, out, err);
+  if (rc == 1) (void)la_store_apply(s, out->p, out->n, NULL, 0);
   return rc;
 }
 
 /* Checks the verifier of the stored blob without the lock, so that the slow KDF does not run
  * while other processes wait for the lock. Nothing is loaded. */
 void la_store_warm(la_store *s) {
+  la_buf b = {NULL, 0, 0};
   la_error err;
   if (s->ok_salt_set || s->ops == NULL) return;
   la_error_reset(&err);
-  (void)la_store_load(s, NULL, 0, &err);
+  (void)la_store_fetch(s, &b, &err);
+  la_buf_free(&b);
 }
 
-/* e's state as text, with a verifier of our secrets; *ttl: the access token's seconds left. */
-int la_store_encode(la_store *s, const la_entry *e, la_buf *out, double *ttl, la_error *err) {
-  char hex[65], vhex[65], head[320];
-  unsigned char salt[16], ver[32];
+/* One blob of e's state, with a verifier of our secrets. */
+static int encode(la_store *s, const la_entry *e, int with_access, la_buf *out) {
+  char hex[65], vhex[65], head[400];
   int64_t now = la_now();
   double left = la_entry_seconds_left(e, now), wall = wall_now();
   double fresh = e->access.p != NULL && e->refresh_at > now ? (double)(e->refresh_at - now) / 1e9 : 0;
   int ok;
-  if (s->ok_salt_set) { /* a salt whose verifier we know: no second KDF run */
-    memcpy(salt, s->ok_salt, 16);
-    memcpy(ver, s->ok_ver, 32);
-  } else if (RAND_bytes(salt, sizeof salt) != 1 || verifier(ver, s->secret_hash, salt) != 0) {
-    la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot make a verifier");
-    return -1;
-  } else {
-    memcpy(s->ok_salt, salt, 16);
-    memcpy(s->ok_ver, ver, 32);
-    s->ok_salt_set = 1;
-  }
-  hexify(hex, salt, 16);
-  hexify(vhex, ver, 32);
-  snprintf(head, sizeof head, "%s\nsalt %s\nverifier %s\nexpires_at %.3f\nrefresh_at %.3f\n",
-           STORE_MAGIC, hex, vhex, wall + left, wall + fresh);
+  hexify(hex, s->ok_salt, 16);
+  hexify(vhex, s->ok_ver, 32);
+  if (with_access)
+    snprintf(head, sizeof head, "%s\nsalt %s\nverifier %s\nexpires_at %.3f\nrefresh_at %.3f\n",
+             STORE_MAGIC, hex, vhex, wall + left, wall + fresh);
+  else
+    snprintf(head, sizeof head, "%s\nsalt %s\nverifier %s\n", STORE_MAGIC, hex, vhex);
   ok = la_buf_addstr(out, head) == 0;
-  if (ok && e->access.p != NULL)
+  if (ok && with_access && e->access.p != NULL)
     ok = la_buf_addstr(out, "access_token ") == 0 && la_buf_add(out, e->access.p, e->access.n) == 0 &&
          la_buf_add(out, "\n", 1) == 0;
   if (ok && e->refresh.p != NULL)
     ok = la_buf_addstr(out, "refresh_token ") == 0 &&
          la_buf_add(out, e->refresh.p, e->refresh.n) == 0 && la_buf_add(out, "\n", 1) == 0;
-  if (!ok) {
+  return ok ? 0 : -1;
+}
+
+/* e's state as blobs to store. Under the entry's lock; the put is not. 0, or -1 with err set. */
+int la_store_pack(la_store *s, const la_entry *e, la_store_blobs *out, la_error *err) {
+  unsigned char salt[16], ver[32];
+  memset(out, 0, sizeof *out);
+  if (!s->ok_salt_set) { /* a new salt (usually made by la_store_warm, outside the lock) */
+    if (RAND_bytes(salt, sizeof salt) != 1 || verifier(ver, s->secret_hash, salt) != 0) {
+      la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot make a verifier");
+      return -1;
+    }
+    memcpy(s->ok_salt, salt, 16);
+    memcpy(s->ok_ver, ver, 32);
+    s->ok_salt_set = 1;
+  }
+  out->state_ttl = la_entry_seconds_left(e, la_now()); /* 0: a store with expiry drops it */
+  out->chain_ttl = e->refresh.p != NULL ? s->refresh_ttl : 0;
+  if (((e->access.p != NULL || e->refresh.p != NULL) && encode(s, e, 1, &out->state) != 0) ||
+      (out->chain_ttl > 0 && encode(s, e, 0, &out->chain) != 0)) {
+    la_store_blobs_free(out);
     la_error_set(err, LA_ERR_CONFIG, 0, "token store: out of memory");
     return -1;
   }
-  *ttl = left;
   return 0;
 }
 
-/* encode + put. 0, -1 or LA_STORE_DOWN with err set. */
-int la_store_save(la_store *s, const la_entry *e, la_error *err) {
-  la_buf b = {NULL, 0, 0};
-  double ttl = 0;
-  int rc = la_store_encode(s, e, &b, &ttl, err);
-  if (rc == 0) rc = s->ops->put(s, b.p, b.n, ttl, err);
-  la_buf_free(&b);
+/* Writes what la_store_pack made. 0, -1 or LA_STORE_DOWN with err set. */
+int la_store_push(la_store *s, const la_store_blobs *b, la_error *err) {
+  int rc = 0;
+  if (b->state.n > 0) rc = s->ops->put(s, LA_SLOT_STATE, b->state.p, b->state.n, b->state_ttl, err);
+  if (rc == 0 && b->chain.n > 0)
+    rc = s->ops->put(s, LA_SLOT_CHAIN, b->chain.p, b->chain.n, b->chain_ttl, err);
   return rc;
+}
+
+void la_store_blobs_free(la_store_blobs *b) {
+  la_buf_free(&b->state);
+  la_buf_free(&b->chain);
 }

@@ -18,9 +18,10 @@
 
 typedef struct file_store {
   char dir[PATH_MAX - 128]; /* room for "/<32 hex>.token" in the paths below */
-  char path[PATH_MAX];      /* the state file */
+  char path[PATH_MAX];      /* the state file: the state and the chain (no expiry here) */
   char lock_path[PATH_MAX];
   int lock_fd;
+  pid_t pid;                /* whose lock_fd: a forked child opens its own (flock is per open) */
 } file_store;
 
 /* The directory, made 0700 if missing; refused if another user owns it or others can read it. */
@@ -58,6 +59,10 @@ static int file_open(la_store *s, const la_store_conf *conf, la_error *err) {
   }
   f->lock_fd = -1;
   s->impl = f;
+  if (conf->dir != NULL && strlen(conf->dir) >= sizeof f->dir) {
+    la_error_set(err, LA_ERR_CONFIG, 0, "token store: store_dir is too long");
+    goto fail;
+  }
   if (conf->dir != NULL)
     snprintf(f->dir, sizeof f->dir, "%s", conf->dir);
   else if (xdg != NULL && xdg[0] == '/')
@@ -99,7 +104,12 @@ static int file_lock(la_store *s, double wait, double hold, la_error *err) {
   file_store *f = (file_store *)s->impl;
   int64_t until = la_now() + (int64_t)(wait * 1e9);
   (void)hold;
+  if (f->lock_fd >= 0 && f->pid != getpid()) { /* forked: the parent's descriptor is not ours */
+    close(f->lock_fd);
+    f->lock_fd = -1;
+  }
   if (f->lock_fd < 0) {
+    f->pid = getpid();
     f->lock_fd = open(f->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (f->lock_fd < 0) {
       la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot open %s: %s", f->lock_path,
@@ -127,12 +137,14 @@ static void file_unlock(la_store *s) {
 
 /* Reads the whole file (at most 64 KiB) into b. 1: read; 0: no file; -1: err set (a file we
  * must not trust: wrong owner or mode). */
-static int file_get(la_store *s, la_buf *b, la_error *err) {
+static int file_get(la_store *s, int slot, la_buf *b, la_error *err) {
   file_store *f = (file_store *)s->impl;
   char chunk[4096];
   struct stat st;
   ssize_t n;
-  int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  int fd;
+  if (slot != LA_SLOT_STATE) return 0; /* the state file holds the chain */
+  fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return 0;
     la_error_set(err, LA_ERR_CONFIG, 0, "token store: cannot open %s: %s", f->path,
@@ -146,8 +158,11 @@ static int file_get(la_store *s, la_buf *b, la_error *err) {
                  "token store: refusing %s: it must be a 0600 file owned by this user", f->path);
     return -1;
   }
-  while ((n = read(fd, chunk, sizeof chunk)) > 0 && b->n < 65536)
-    if (la_buf_add(b, chunk, (size_t)n) != 0) break;
+  while (b->n < 65536) {
+    n = read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || la_buf_add(b, chunk, (size_t)n) != 0) break;
+  }
   la_wipe(chunk, sizeof chunk);
   close(fd);
   return 1;
@@ -155,12 +170,13 @@ static int file_get(la_store *s, la_buf *b, la_error *err) {
 
 /* To a temporary 0600 file, fsync'd, renamed over the old one. No expiry: the state carries
  * its own, and the refresh token outlives the access token. */
-static int file_put(la_store *s, const char *p, size_t len, double ttl, la_error *err) {
+static int file_put(la_store *s, int slot, const char *p, size_t len, double ttl, la_error *err) {
   file_store *f = (file_store *)s->impl;
   char tmp[PATH_MAX + 32];
   size_t off = 0;
   int fd, ok;
   (void)ttl;
+  if (slot != LA_SLOT_STATE) return 0;
   snprintf(tmp, sizeof tmp, "%s.%ld.tmp", f->path, (long)getpid());
   fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   while (fd >= 0 && off < len) {

@@ -4,6 +4,7 @@
  * connection per store, opened on first use and again after any failure.
  *
  *   <prefix><name>       the state blob (store.c), with a TTL of the access token's life
+ *   <prefix><name>:chain the refresh token alone, kept for refresh_ttl: it outlives the state
  *   <prefix><name>:lock  the refresh lock: SET NX PX with a random owner, released by a
  *                        compare-and-delete script so that a lapsed holder cannot drop a lock
  *                        another process has taken since.
@@ -25,7 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/sds.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -42,25 +45,25 @@ typedef struct redis_store {
   la_secret password;
   int port, db, tls;
   double timeout;
-  char key[320], lock_key[330];
+  char key[320], chain_key[330], lock_key[330];
   char where[300];        /* "redis at host:port", for messages */
   int fd;
+  pid_t pid;              /* whose connection: a forked child makes its own */
   SSL_CTX *ctx;
   SSL *ssl;
-  redisReader *reader;
   char owner[33];         /* our lock's value while we hold it */
   int locked;
   int64_t down_until;     /* after a failure, no new connection is tried before this */
+  int peer_closed;        /* the last failure: the server had closed the connection */
   la_error last;          /* ... and this failure is reported instead */
 } redis_store;
 
 static void disconnect(redis_store *r) {
   if (r->ssl != NULL) SSL_free(r->ssl);
   if (r->fd >= 0) close(r->fd);
-  if (r->reader != NULL) redisReaderFree(r->reader);
   r->ssl = NULL;
   r->fd = -1;
-  r->reader = NULL;
+  ERR_clear_error();
 }
 
 /* Records a failure: the connection is dropped, and for a second calls fail at once with the
@@ -74,40 +77,62 @@ static int down(redis_store *r, la_error *err, const char *what, const char *det
   return LA_STORE_DOWN;
 }
 
-static int is_ip(const char *host) {
-  struct addrinfo hints, *ai = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_flags = AI_NUMERICHOST;
-  if (getaddrinfo(host, NULL, &hints, &ai) != 0) return 0;
-  freeaddrinfo(ai);
-  return 1;
+/* 4 or 6 for an address in canonical text form, else 0 (a name). */
+static int ip_family(const char *host) {
+  unsigned char buf[16];
+  if (inet_pton(AF_INET, host, buf) == 1) return 4;
+  if (inet_pton(AF_INET6, host, buf) == 1) return 6;
+  return 0;
 }
 
-/* A write that cannot raise SIGPIPE in a host that did not ignore it: SIGPIPE is blocked in
- * this thread for the call, and one it caused is taken before unblocking. */
-static ssize_t raw_write(redis_store *r, const char *p, size_t n) {
-  sigset_t pipe_set, old, pending;
-  ssize_t w;
+/* OpenSSL writes with write(2), which raises SIGPIPE on a closed peer in a host that did not
+ * ignore it: SIGPIPE is blocked in this thread around every TLS call, and one it caused is taken
+ * before unblocking. */
+typedef struct pipe_guard {
+  sigset_t set, old;
   int had;
-  if (r->ssl == NULL) return send(r->fd, p, n, MSG_NOSIGNAL);
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
+} pipe_guard;
+
+static void guard_on(pipe_guard *g) {
+  sigset_t pending;
+  sigemptyset(&g->set);
+  sigaddset(&g->set, SIGPIPE);
   sigpending(&pending);
-  had = sigismember(&pending, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-  w = SSL_write(r->ssl, p, (int)n);
-  if (w <= 0 && !had) {
-    struct timespec zero = {0, 0};
-    sigpending(&pending);
-    if (sigismember(&pending, SIGPIPE)) (void)sigtimedwait(&pipe_set, NULL, &zero);
-  }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  return w;
+  g->had = sigismember(&pending, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
 }
 
-static ssize_t raw_read(redis_store *r, char *p, size_t n) {
-  if (r->ssl != NULL) return SSL_read(r->ssl, p, (int)n);
-  return recv(r->fd, p, n, 0);
+static void guard_off(pipe_guard *g) {
+  sigset_t pending;
+  struct timespec zero = {0, 0};
+  sigpending(&pending);
+  if (!g->had && sigismember(&pending, SIGPIPE)) (void)sigtimedwait(&g->set, NULL, &zero);
+  pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* <0 with errno set on failure (EAGAIN: timed out); EINTR is retried here. */
+static ssize_t raw_io(redis_store *r, char *p, size_t n, int writing) {
+  for (;;) {
+    ssize_t k;
+    if (r->ssl == NULL) {
+      k = writing ? send(r->fd, p, n, MSG_NOSIGNAL) : recv(r->fd, p, n, 0);
+      if (k < 0 && errno == EINTR) continue;
+      return k;
+    } else {
+      pipe_guard g;
+      int e;
+      guard_on(&g);
+      errno = 0;
+      k = writing ? SSL_write(r->ssl, p, (int)n) : SSL_read(r->ssl, p, (int)n);
+      e = k > 0 ? SSL_ERROR_NONE : SSL_get_error(r->ssl, (int)k);
+      guard_off(&g);
+      if (k > 0) return k;
+      if (e == SSL_ERROR_SYSCALL && errno == EINTR) continue;
+      if (e == SSL_ERROR_ZERO_RETURN) return 0;
+      if (errno == 0) errno = e == SSL_ERROR_SYSCALL ? ECONNRESET : EPROTO;
+      return -1;
+    }
+  }
 }
 
 static int tls_start(redis_store *r, la_error *err) {
@@ -126,23 +151,30 @@ static int tls_start(redis_store *r, la_error *err) {
   }
   if ((r->ssl = SSL_new(r->ctx)) == NULL || SSL_set_fd(r->ssl, r->fd) != 1)
     return down(r, err, "TLS", "cannot start");
-  if (is_ip(r->host)) {
-    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->ssl), r->host);
-  } else {
-    SSL_set_tlsext_host_name(r->ssl, r->host);
-    SSL_set1_host(r->ssl, r->host);
-  }
+  if ((ip_family(r->host) ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->ssl), r->host)
+                          : SSL_set_tlsext_host_name(r->ssl, r->host) == 1 &&
+                                SSL_set1_host(r->ssl, r->host)) != 1)
+    return down(r, err, "TLS", "cannot set the name to verify");
   ERR_clear_error();
-  if (SSL_connect(r->ssl) != 1) {
+  {
+    pipe_guard g;
+    int ok;
+    guard_on(&g);
+    ok = SSL_connect(r->ssl) == 1;
+    guard_off(&g);
+    if (ok) return 0;
+  }
+  {
     long v = SSL_get_verify_result(r->ssl);
     if (v != X509_V_OK)
       snprintf(why, sizeof why, "certificate not accepted: %s", X509_verify_cert_error_string(v));
-    else
+    else if (ERR_peek_error() != 0)
       ERR_error_string_n(ERR_get_error(), why, sizeof why);
+    else
+      snprintf(why, sizeof why, "the connection closed");
     ERR_clear_error();
-    return down(r, err, "TLS handshake failed", why[0] ? why : NULL);
+    return down(r, err, "TLS handshake failed", why);
   }
-  return 0;
 }
 
 /* A connected socket with timeouts, or -1. */
@@ -168,7 +200,10 @@ static int dial(redis_store *r, la_error *err) {
         close(fd);
         continue;
       }
-      if ((rc = poll(&pf, 1, ms)) <= 0 ||
+      do
+        rc = poll(&pf, 1, ms);
+      while (rc < 0 && errno == EINTR);
+      if (rc <= 0 ||
           getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
         snprintf(why, sizeof why, "%s",
                  rc == 0 ? "connect timed out" : strerror(soerr ? soerr : errno));
@@ -200,8 +235,8 @@ static redisReply *exchange(redis_store *r, la_error *err, int argc, const char 
 static int connect_store(redis_store *r, la_error *err) {
   redisReply *rep;
   if (dial(r, err) != 0) return LA_STORE_DOWN;
+  r->pid = getpid();
   if (r->tls && tls_start(r, err) != 0) return LA_STORE_DOWN;
-  if ((r->reader = redisReaderCreate()) == NULL) return down(r, err, "out of memory", NULL);
   if (r->password.p != NULL) {
     const char *argv[3];
     size_t lens[3];
@@ -231,12 +266,13 @@ static int connect_store(redis_store *r, la_error *err) {
 }
 
 /* One command and its reply (maybe an error reply) on the open connection, or NULL with the
- * connection closed and err set. The formatted command and the bytes read are wiped: they
- * carry tokens. */
+ * connection closed and err set. The formatted command, the bytes read and the reader's buffer
+ * are wiped: they carry tokens. A reader per command: its buffer is ours to wipe. */
 static redisReply *exchange(redis_store *r, la_error *err, int argc, const char **argv,
                             const size_t *lens) {
   char *cmd = NULL, buf[4096];
   void *reply = NULL;
+  redisReader *reader;
   int len;
   size_t off = 0;
   if ((len = redisFormatCommandArgv(&cmd, argc, argv, lens)) < 0) {
@@ -244,48 +280,77 @@ static redisReply *exchange(redis_store *r, la_error *err, int argc, const char 
     return NULL;
   }
   while (off < (size_t)len) {
-    ssize_t w = raw_write(r, cmd + off, (size_t)len - off);
-    if (w < 0 && errno == EINTR && r->ssl == NULL) continue;
+    ssize_t w = raw_io(r, cmd + off, (size_t)len - off, 1);
     if (w <= 0) break;
     off += (size_t)w;
   }
   la_wipe(cmd, (size_t)len);
   redisFreeCommand(cmd);
   if (off < (size_t)len) {
-    down(r, err, "sending failed", errno == EAGAIN ? "timed out" : strerror(errno));
+    int e = errno;
+    down(r, err, "sending failed", e == EAGAIN ? "timed out" : strerror(e));
+    r->peer_closed = e == EPIPE || e == ECONNRESET;
+    return NULL;
+  }
+  if ((reader = redisReaderCreate()) == NULL) {
+    down(r, err, "out of memory", NULL);
     return NULL;
   }
   for (;;) {
     ssize_t n;
-    if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
+    if (redisReaderGetReply(reader, &reply) != REDIS_OK) {
       down(r, err, "the reply is not Redis protocol", NULL);
-      return NULL;
+      break;
     }
-    if (reply != NULL) return (redisReply *)reply;
-    n = raw_read(r, buf, sizeof buf);
-    if (n < 0 && errno == EINTR && r->ssl == NULL) continue;
+    if (reply != NULL) break;
+    n = raw_io(r, buf, sizeof buf, 0);
     if (n == 0) {
       down(r, err, "the connection closed", NULL);
-      return NULL;
+      r->peer_closed = 1;
+      break;
     }
     if (n < 0) {
-      down(r, err, "reading failed", errno == EAGAIN ? "timed out" : strerror(errno));
-      return NULL;
+      int e = errno;
+      down(r, err, "reading failed", e == EAGAIN ? "timed out" : strerror(e));
+      r->peer_closed = e == ECONNRESET;
+      break;
     }
-    redisReaderFeed(r->reader, buf, (size_t)n);
+    redisReaderFeed(reader, buf, (size_t)n);
     la_wipe(buf, (size_t)n);
   }
+  if (reader->buf != NULL) la_wipe(reader->buf, sdsalloc(reader->buf));
+  redisReaderFree(reader);
+  return (redisReply *)reply;
 }
 
-/* exchange() on the connection, made first if there is none. */
+/* exchange() on the connection, made first if there is none. A kept connection the server has
+ * closed since (a restart, an idle timeout) is made again once: that is not an outage. */
 static redisReply *command(redis_store *r, la_error *err, int argc, const char **argv,
                            const size_t *lens) {
+  redisReply *rep;
+  int kept;
+  if (r->fd >= 0 && r->pid != getpid()) { /* forked: the parent's stream is not ours */
+    if (r->ssl != NULL) SSL_free(r->ssl); /* frees without a close_notify on the stream */
+    close(r->fd);
+    r->ssl = NULL;
+    r->fd = -1;
+    r->locked = 0;
+  }
   if (r->fd < 0 && la_now() < r->down_until) {
     *err = r->last;
     return NULL;
   }
-  if (r->fd < 0 && connect_store(r, err) != 0) return NULL;
-  return exchange(r, err, argc, argv, lens);
+  kept = r->fd >= 0;
+  if (!kept && connect_store(r, err) != 0) return NULL;
+  r->peer_closed = 0;
+  rep = exchange(r, err, argc, argv, lens);
+  if (rep == NULL && kept && r->peer_closed) {
+    la_error_reset(err);
+    r->down_until = 0;
+    if (connect_store(r, err) != 0) return NULL;
+    rep = exchange(r, err, argc, argv, lens);
+  }
+  return rep;
 }
 
 /* Frees a reply whose strings may be tokens. */
@@ -327,7 +392,8 @@ static int redis_open(la_store *s, const la_store_conf *conf, la_error *err) {
   r->db = conf->db;
   r->tls = conf->tls;
   r->timeout = conf->timeout > 0 ? conf->timeout : 1.0;
-  snprintf(r->key, sizeof r->key, "%s%s", prefix, s->name);
+  snprintf(r->key, sizeof r->key, "%s%s", prefix, s->name); /* options.c caps the prefix */
+  snprintf(r->chain_key, sizeof r->chain_key, "%s%s:chain", prefix, s->name);
   snprintf(r->lock_key, sizeof r->lock_key, "%s%s:lock", prefix, s->name);
   {
     const char *h = r->host != NULL ? r->host : "";
@@ -410,17 +476,20 @@ static int redis_lock(la_store *s, double wait, double hold, la_error *err) {
     ts.tv_sec = 0;
     ts.tv_nsec = sleep_ms * 1000000L;
     nanosleep(&ts, NULL);
-    if (sleep_ms < 50) sleep_ms *= 2;
+    sleep_ms = sleep_ms * 2 > 50 ? 50 : sleep_ms * 2;
   }
 }
 
-static int redis_get(la_store *s, la_buf *out, la_error *err) {
+static int redis_get(la_store *s, int slot, la_buf *out, la_error *err) {
   redis_store *r = (redis_store *)s->impl;
-  const char *argv[2] = {"GET", r->key};
-  size_t lens[2] = {3, strlen(r->key)};
-  redisReply *rep = command(r, err, 2, argv, lens);
+  const char *key = slot == LA_SLOT_STATE ? r->key : r->chain_key;
+  const char *argv[2];
+  size_t lens[2];
+  redisReply *rep;
   int rc = 0;
-  if (rep == NULL) return LA_STORE_DOWN;
+  argv[0] = "GET", lens[0] = 3;
+  argv[1] = key, lens[1] = strlen(key);
+  if ((rep = command(r, err, 2, argv, lens)) == NULL) return LA_STORE_DOWN;
   if (rep->type == REDIS_REPLY_ERROR) return reply_error(r, err, rep, "GET was refused");
   if (rep->type == REDIS_REPLY_STRING) {
     rc = la_buf_add(out, rep->str, rep->len) == 0 ? 1 : 0;
@@ -429,16 +498,17 @@ static int redis_get(la_store *s, la_buf *out, la_error *err) {
   return rc;
 }
 
-static int redis_put(la_store *s, const char *p, size_t n, double ttl, la_error *err) {
+static int redis_put(la_store *s, int slot, const char *p, size_t n, double ttl, la_error *err) {
   redis_store *r = (redis_store *)s->impl;
+  const char *key = slot == LA_SLOT_STATE ? r->key : r->chain_key;
   char px[32];
   const char *argv[5];
   size_t lens[5];
   redisReply *rep;
   if (ttl < 0.001) return 0; /* an expired token: nothing worth keeping */
-  snprintf(px, sizeof px, "%lld", (long long)(ttl * 1000));
+  snprintf(px, sizeof px, "%lld", (long long)(ttl < LA_MAX_EXPIRES_IN ? ttl * 1000 : LA_MAX_EXPIRES_IN * 1000));
   argv[0] = "SET", lens[0] = 3;
-  argv[1] = r->key, lens[1] = strlen(r->key);
+  argv[1] = key, lens[1] = strlen(key);
   argv[2] = p, lens[2] = n;
   argv[3] = "PX", lens[3] = 2;
   argv[4] = px, lens[4] = strlen(px);

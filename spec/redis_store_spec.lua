@@ -45,9 +45,12 @@ local function raises(want, fn, arg)
   assert.is_truthy(tostring(err):find(want, 1, true), tostring(err))
 end
 
+-- The one identity's state key (its chain key is the same plus ":chain").
 local function key_of()
   local keys = rcli("--scan")
-  assert.equal(1, #keys, table.concat(keys, ","))
+  table.sort(keys)
+  assert.equal(2, #keys, table.concat(keys, ","))
+  assert.equal(keys[1] .. ":chain", keys[2])
   return keys[1]
 end
 
@@ -68,7 +71,8 @@ describe("the Redis store", function()
     assert.same({ password = 1, refresh_token = 0, client_credentials = 0, other = 0 }, okta.stats().grants)
   end)
 
-  it("keeps the state under the prefix and a hash, with a TTL of the token's remaining life", function()
+  it("keeps the state under the prefix and a hash, with a TTL of the token's remaining life; the chain longer",
+    function()
     okta.config { expires_in = 30 }
     local c = lusidauth.new_password(redis_opts())
     assert(c:token())
@@ -85,6 +89,11 @@ describe("the Redis store", function()
       assert.is_nil(value:find(s, 1, true), s)
     end
     assert.equal(0, #rcli("--scan --pattern '*:lock'"), "the lock was released")
+    -- the refresh token outlives the access token: it is kept apart, for redis.refresh_ttl
+    local chain_ttl = tonumber(rcli("pttl " .. key .. ":chain")[1])
+    assert.is_true(chain_ttl > 7 * 86400000 - 60000 and chain_ttl <= 7 * 86400000, "chain pttl " .. chain_ttl)
+    local _, chain = rcli("get " .. key .. ":chain")
+    assert.matches("^lusidauth%-store 1\nsalt %x+\nverifier %x+\nrefresh_token %S+\n%s*$", chain)
   end)
 
   it("uses the database number and key prefix it is given", function()
@@ -93,8 +102,10 @@ describe("the Redis store", function()
     assert(c:token())
     assert.equal(0, #rcli("--scan"), "nothing in database 0")
     local keys = rcli("-n 3 --scan")
-    assert.equal(1, #keys)
+    table.sort(keys)
+    assert.equal(2, #keys)
     assert.matches("^team%-a:%x+$", keys[1])
+    assert.equal(keys[1] .. ":chain", keys[2])
   end)
 
   it("works over TLS, verifying the server against ca_file, and shares with a plain client", function()
@@ -235,6 +246,99 @@ print((c:token()) and "ok" or "err")
     assert.equal(0, s.reuse)
   end)
 
+  it("serves a forced refresh() from the stored chain: no refresh token is used twice", function()
+    local c1, c2 = lusidauth.new_password(redis_opts()), lusidauth.new_password(redis_opts())
+    assert.equal(assert(c1:token()), assert(c2:token()))
+    assert(c1:refresh())
+    assert(c2:refresh()) -- with the token c1's refresh rotated, not its own old copy
+    assert(c1:refresh()) -- and back
+    local s = okta.stats()
+    assert.same({ password = 1, refresh_token = 3, client_credentials = 0, other = 0 }, s.grants)
+    assert.equal(0, s.reuse)
+  end)
+
+  it("does not hand back a token that was invalidated (after a 401)", function()
+    local c1, c2 = lusidauth.new_password(redis_opts()), lusidauth.new_password(redis_opts())
+    local t1 = assert(c1:token())
+    c1:invalidate()
+    local t2 = assert(c1:token())
+    assert.are_not.equal(t1, t2)
+    assert.equal(t2, assert(c2:token()))
+    assert.same({ password = 1, refresh_token = 1, client_credentials = 0, other = 0 }, okta.stats().grants)
+  end)
+
+  it("keeps the refresh-token chain after the state expired, for a client with only a refresh token", function()
+    okta.config { expires_in = 3 }
+    local c0 = lusidauth.new_password(F.password_opts { shared = false })
+    assert(c0:token())
+    local r0 = assert(c0:refresh_token())
+    local function rt_client()
+      return lusidauth.new_refresh_token(F.cc_opts { refresh_token = r0, shared = false, store = "redis",
+        redis = { port = R.port, password = R.password } })
+    end
+    assert(rt_client():token()) -- r0 -> r1, stored
+    F.sleep(3.3) -- the state (and its access token) expired; the chain is kept
+    local keys = rcli("--scan")
+    assert.equal(1, #keys)
+    assert.matches("^lusidauth:%x+:chain$", keys[1])
+    local t = assert(rt_client():token()) -- a new process started from r0: it uses r1
+    assert.is_true(okta.validate(t).valid)
+    local s = okta.stats()
+    assert.same({ password = 1, refresh_token = 2, client_credentials = 0, other = 0 }, s.grants)
+    assert.equal(0, s.reuse)
+  end)
+
+  it("stores a rotated refresh token even when on_refresh_token raises", function()
+    local c1 = lusidauth.new_password(redis_opts { on_refresh_token = function() error("disk full") end })
+    assert.has_error(function() c1:token() end)
+    local c2 = lusidauth.new_password(redis_opts())
+    local t = assert(c2:token()) -- the stored state, not a second login
+    assert.equal(1, okta.stats().grants.password)
+    assert.is_true(okta.validate(t).valid)
+    assert(c2:refresh())
+    assert.equal(0, okta.stats().reuse)
+  end)
+
+  it("goes on alone after waiting out a lock held past the deadline, without rotating a shared token", function()
+    okta.config { expires_in = 3 }
+    local log, lines = logger()
+    local c1 = lusidauth.new_password(redis_opts { log = log, deadline = 3 }) -- waits 1.5 s for the lock
+    assert(c1:token())
+    local lock = key_of() .. ":lock"
+    F.sleep(3.2) -- expired
+    rcli("set " .. lock .. " someone-else px 60000")
+    assert.is_true(okta.validate(assert(c1:token())).valid)
+    assert.matches("another process held the refresh lock past the deadline; going on without it",
+      table.concat(lines, "\n"))
+    local s = okta.stats()
+    assert.same({ password = 2, refresh_token = 0, client_credentials = 0, other = 0 }, s.grants)
+    assert.equal(0, s.reuse)
+  end)
+
+  it("survives a log hook that closes the client while the store is down", function()
+    local s = require("socket").bind("127.0.0.1", 0)
+    local _, closed = s:getsockname()
+    s:close()
+    local c
+    c = lusidauth.new_password(redis_opts { redis = { port = tonumber(closed) },
+      log = function(level) if level == "warn" then c:close() end end })
+    local ok, err = pcall(c.token, c)
+    assert.is_false(ok)
+    assert.matches("the client was closed during its refresh", tostring(err))
+  end)
+
+  it("does not share one chain between clients with and without the store", function()
+    local with = lusidauth.new_password(F.password_opts { store = "redis", redis = { port = R.port,
+      password = R.password } })
+    local without = lusidauth.new_password(F.password_opts())
+    local again = lusidauth.new_password(F.password_opts { store = "redis", redis = { port = R.port,
+      password = R.password } })
+    assert(with:token())
+    assert(without:token())
+    assert(again:token())
+    assert.equal(2, okta.stats().grants.password) -- one per chain: the store's, and the other
+  end)
+
   it("names a bad option clearly", function()
     raises("unknown option 'redis.bogus'", lusidauth.new_password, redis_opts { redis = { bogus = 1 } })
     raises("option 'redis.port' must be a number, not a string", lusidauth.new_password,
@@ -245,5 +349,11 @@ print((c:token()) and "ok" or "err")
       F.password_opts { store = "memcached" })
     raises("option 'redis.tls' must be a boolean", lusidauth.new_password,
       redis_opts { redis = { tls = "yes" } })
+    raises("option 'redis.host' is not a loopback address: set redis.tls = true", lusidauth.new_password,
+      redis_opts { redis = { host = "redis.example.com" } })
+    raises("option 'redis.username' needs redis.password", lusidauth.new_password,
+      redis_opts { redis = { username = "app" } })
+    raises("option 'redis.prefix' must be at most 200 bytes", lusidauth.new_password,
+      redis_opts { redis = { prefix = ("x"):rep(201) } })
   end)
 end)

@@ -7,7 +7,8 @@
  * -d: each thread stops after SECONDS (and -n calls at most); -u: after it has seen TOKENS
  * distinct tokens. Credentials come from FBN_TOKEN_URL, FBN_CLIENT_ID, FBN_CLIENT_SECRET,
  * FBN_USERNAME and FBN_PASSWORD. LUSIDAUTH_STORE=redis shares the token with other processes
- * through Redis (LUSIDAUTH_REDIS_PORT, LUSIDAUTH_REDIS_PASSWORD; host 127.0.0.1). With LUSIDAUTH_VALIDATE_URL set (the fake Okta's /_control/validate), every
+ * through Redis (LUSIDAUTH_REDIS_PORT, LUSIDAUTH_REDIS_PASSWORD; host 127.0.0.1).
+ * LUSIDAUTH_HOST_LOG=1 prints the client's log lines to stderr. With LUSIDAUTH_VALIDATE_URL set (the fake Okta's /_control/validate), every
  * CHECK_EVERY-th token is checked there with libcurl. Prints one summary line; exits 1 when a
  * thread's last call failed or a token was not valid. */
 #define _DEFAULT_SOURCE
@@ -49,7 +50,9 @@ static const char *SETUP =
     "  client_secret = e 'FBN_CLIENT_SECRET', username = e 'FBN_USERNAME', password = e 'FBN_PASSWORD',\n"
     "  deadline = tonumber(e 'LUSIDAUTH_DEADLINE') or 10, retry_base = 0.05,\n"
     "  store = e 'LUSIDAUTH_STORE', redis = e 'LUSIDAUTH_STORE' == 'redis' and {\n"
-    "    port = tonumber(e 'LUSIDAUTH_REDIS_PORT'), password = e 'LUSIDAUTH_REDIS_PASSWORD' } or nil }\n"
+    "    port = tonumber(e 'LUSIDAUTH_REDIS_PORT'), password = e 'LUSIDAUTH_REDIS_PASSWORD' } or nil,\n"
+    "  log = e 'LUSIDAUTH_HOST_LOG' and function(level, msg)\n"
+    "    io.stderr:write(os.date('!%H:%M:%S '), level, ': ', msg, '\\n') end or nil }\n"
     "return function() return c:token() end\n";
 
 static void note_token(const char *tok) {
