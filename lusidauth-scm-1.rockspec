@@ -35,6 +35,7 @@ build = {
     ["lusidauth.headers"] = "lua/lusidauth/headers.lua",
     ["lusidauth.request"] = "lua/lusidauth/request.lua",
     ["lusidauth.resty"] = "lua/lusidauth/resty.lua",
+    ["lusidauth.resty_store"] = "lua/lusidauth/resty_store.lua",
     ["lusidauth.core"] = {
       sources = {
         "csrc/core.c", "csrc/client.c", "csrc/options.c", "csrc/api.c",

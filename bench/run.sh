@@ -143,7 +143,7 @@ for v in with constant without; do
   mkdir -p "$WORK/gw-$v"
   sed -e "s|@PREFIX@|$WORK/gw-$v/p|g" -e "s|@LUA_PATH@|$ROOT/lua/?.lua;$ROOT/lua/?/init.lua|" \
       -e "s|@LUA_CPATH@|$ROOT/build/jit/?.so|" -e "s|@CA_FILE@|$LUSIDAUTH_TEST_CA|" \
-      -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@LUSID@|http://127.0.0.1:$API_PORT|" -e "s|@WORKERS@|1|" -e "s|@RESOLVER@|127.0.0.1|" \
+      -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@LUSID@|http://127.0.0.1:$API_PORT|" -e "s|@WORKERS@|1|" -e "s|@RESOLVER@|127.0.0.1|" -e "s|@STORE@|{}|" \
       examples/openresty/nginx.conf >"$conf"
   case $v in
   without) sed -i '/access_by_lua_block {/,/^      }$/d' "$conf" ;;

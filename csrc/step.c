@@ -20,7 +20,7 @@
  *   run:store_import(blob)   --> the next action, after loading what another process stored
  *                                (the state blob, else the chain blob; nil: the store had
  *                                nothing, or could not be reached); before the first request
- *   run:store_dirty()        --> true when the store should get our state after finish()
+ *   run:store_dirty()        --> true when the store should get our state (also after finish)
  *   core.store_export(c)     --> state, state_ttl, chain, chain_ttl | nil: the blobs to store
  *                                and their lifetimes in seconds (state nil: the access token
  *                                has expired; chain nil: no refresh token)
@@ -290,11 +290,12 @@ static int run_store_import(lua_State *L) {
   return push_action(L, r);
 }
 
-/* run:store_dirty() --> whether the store should get the state (core.store_export) after
- * finish(): a new token or refresh token, or the store was older than us. Before finish(). */
+/* run:store_dirty() --> whether the store should get the state (core.store_export): a new
+ * token or refresh token, or the store was behind us. Before or after finish(). */
 static int run_store_dirty(lua_State *L) {
-  la_run *r = check_run(L);
+  la_run *r = (la_run *)luaL_checkudata(L, 1, LA_RUN_MT);
   int dirty;
+  if (r->c->closed) return luaL_error(L, "lusidauth: attempt to use a closed client");
   pthread_mutex_lock(&r->c->sh->lock);
   dirty = r->resave || (r->f.attempts > 0 && (r->c->sh->e.gen != r->gen0 || r->f.rotated));
   pthread_mutex_unlock(&r->c->sh->lock);

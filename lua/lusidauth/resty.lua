@@ -11,9 +11,16 @@
 --   local h, err = client:headers(extra)  -- the LUSID headers, as lusidauth's headers()
 --   client:cached()                       -- any phase: a usable token, or nil, err; no I/O
 --   client:authorization()                -- "Bearer <token>", made once per token
+--   client:warm()                         -- timer: the store's verifier KDF, ahead of requests
 -- on_refresh_token and log run inside a C call here: they must not yield (no cosocket, no
 -- ngx.sleep); hand work to ngx.timer.at instead.
+--
+-- With a store (store = "shdict" | "redis" | an object: lusidauth.resty_store), a refresh first
+-- takes the store's lock and loads what another worker or host stored; only the holder sends a
+-- request, then stores the new state. While the worker's token is still valid the lock is tried
+-- once: if busy, the valid token is served and the store looked at again a second later.
 local lusidauth = require "lusidauth"
+local stores = require "lusidauth.resty_store"
 local core = lusidauth.core
 local semaphore = require "ngx.semaphore"
 
@@ -27,6 +34,7 @@ local YIELDABLE = { rewrite = true, access = true, content = true, timer = true,
   ssl_session_fetch = true, ssl_client_hello = true }
 
 local waiting = {} -- one semaphore per core client: its coroutines wait for its refresh
+local look_again = {} -- per entry: until when a valid token is served without the store's lock
 
 local function err_obj(kind, message)
   return setmetatable({ kind = kind, message = message, retryable = kind ~= "config" }, core.error_mt)
@@ -149,13 +157,16 @@ local function post(info, url, body, auth)
 end
 
 -- Runs one refresh to the end: the same loop client.c runs in C, with cosockets and ngx.sleep.
+-- Returns the number of requests sent, then what run:finish() returns.
 local function drive(info, run, kind, x)
+  local sent = 0
   while kind == "send" or kind == "wait" do
     if kind == "wait" then
       ngx.sleep(x)
       kind, x = run:waited()
     else
       local url, body, auth = run:request()
+      sent = sent + 1
       local res, fkind, fmsg = post(info, url, body, auth)
       body, auth = nil, nil -- luacheck: ignore
       if res and res.over_cap then
@@ -167,7 +178,104 @@ local function drive(info, run, kind, x)
       end
     end
   end
-  return run:finish()
+  return sent, run:finish()
+end
+
+-- A line for nginx's error log and the client's log hook (which must not raise or yield).
+local function note(self, level, msg)
+  ngx.log(level == "warn" and ngx.WARN or ngx.INFO, "lusidauth: ", msg)
+  if self.log then pcall(self.log, level, msg) end
+end
+
+-- A store method, with a raise counted as unreachable: tokens must keep flowing.
+local function call(self, method, ...)
+  local ok, a, b = pcall(self.store[method], self.store, ...)
+  if not ok then return nil, "the store's " .. method .. "() raised: " .. tostring(a) end
+  return a, b
+end
+
+local function store_down(self, err)
+  note(self, "warn", "token store unreachable: " .. tostring(err)
+    .. "; this worker refreshes on its own until it is back")
+end
+
+-- The state, else the chain (the refresh token alone, kept longer): a blob, or nil[, err].
+local function fetch(self)
+  local blob, err = call(self, "get", self.store_name)
+  if blob == nil and not err then blob, err = call(self, "get", self.store_name .. ":chain") end
+  if type(blob) ~= "string" then blob = nil end
+  return blob, err
+end
+
+-- Before the first request of a run (client.c's store_before): takes the store's lock and
+-- loads what another process stored. Returns locked, alone, then the run's next action; or
+-- false, false, "use" when the lock is busy while our token is still valid (the run is then
+-- abandoned). alone: going on without the store (its state must reach it later).
+local function store_before(self, mode, run, deadline)
+  local delay = 0.005
+  local wait_until = ngx.now() + (deadline - ngx.now()) / 2 -- the other half: our own refresh
+  while true do
+    local got, err = call(self, "lock", self.lock_key, self.lock_ttl)
+    if got == nil then
+      store_down(self, err)
+      return false, true, run:store_import(nil)
+    end
+    if got then break end
+    if mode == "token" and self.core:expires_in() ~= nil then
+      -- another process is refreshing: serve our valid token, look again in a second
+      look_again[self.key] = ngx.now() + 1
+      run:abort()
+      return false, false, "use"
+    end
+    if ngx.now() + delay > wait_until then
+      note(self, "warn", "token store: another process held the refresh lock past the deadline; "
+        .. "going on without it")
+      return false, true, run:store_import(nil)
+    end
+    ngx.sleep(delay)
+    delay = math.min(delay * 2, 0.05)
+  end
+  local blob, err = fetch(self)
+  if err then store_down(self, err) end
+  return true, false, run:store_import(blob)
+end
+
+-- After a run that held the lock: the new state to the store (client.c's store_after).
+local function store_after(self)
+  local state, state_ttl, chain, chain_ttl = core.store_export(self.core)
+  if state == nil and chain == nil then
+    if state_ttl then note(self, "warn", "token store: " .. tostring(state_ttl)) end
+    return
+  end
+  local ok, err = true, nil
+  if state then ok, err = call(self, "set", self.store_name, state, state_ttl) end
+  if ok and chain then ok, err = call(self, "set", self.store_name .. ":chain", chain, chain_ttl) end
+  core.store_saved(self.core, ok and true or false)
+  if not ok then store_down(self, err) end
+end
+
+-- One refresh with a store: lock, load, refresh if still needed, save, unlock. Raises what
+-- drive raises, after releasing the lock.
+local function drive_stored(self, mode, deadline, run, kind, x)
+  local locked, alone = false, false
+  if kind == "send" or kind == "done" then -- "done" at once: failed (say, no refresh token left)
+    locked, alone, kind, x = store_before(self, mode, run, deadline)
+    if kind == "use" then
+      local k, token, expires_in = core.step(self.core, "token", true)
+      if k == "use" then return token, expires_in end
+      return nil, err_obj("config", "no usable token") -- not reached: it was valid just now
+    end
+  end
+  local ok, sent, token, expires_in = pcall(drive, self.info, run, kind, x)
+  local dirty = run:store_dirty() -- a new token, or the store was behind us
+  if locked then
+    if dirty then store_after(self) end
+    call(self, "unlock", self.lock_key)
+  elseif alone and ok and sent > 0 then
+    core.store_saved(self.core, false) -- the store gets this state at the next lock
+  end
+  if not ok then error(sent, 0) end
+  return token, expires_in
 end
 
 local function wake(key)
@@ -197,11 +305,25 @@ local function obtain(self, mode)
   local deadline = ngx.now() + (self.info.deadline or 60)
   local epoch
   while true do
+    if mode == "token" and self.store and look_again[key] then
+      if ngx.now() < look_again[key] then
+        local kind, token, expires_in = core.step(self.core, "token", true)
+        if kind == "use" then return token, expires_in end
+      end
+      look_again[key] = nil
+    end
     local kind, a, b, c = core.step(self.core, mode, false, epoch)
     if kind == "use" then return a, b end
     if kind == "fail" then return nil, a end
     if kind == "run" then
-      local ok, token, expires_in = pcall(drive, self.info, a, b, c)
+      local ok, token, expires_in
+      if self.store then
+        ok, token, expires_in = pcall(drive_stored, self, mode, deadline, a, b, c)
+      else
+        local sent
+        ok, sent, token, expires_in = pcall(drive, self.info, a, b, c)
+        if not ok then token = sent end
+      end
       if not ok then
         a:abort()
         wake(key)
@@ -259,20 +381,89 @@ function Client:headers(extra)
   return h, herr
 end
 
-local function wrap(c, opts)
+-- client:warm(): runs the store's verifier KDF (PBKDF2, about 0.05-0.1 s of CPU that blocks
+-- the worker) for the stored state's salt, so that no request pays for it. Call it from a
+-- 0-delay ngx.timer.at in init_worker_by_lua*. Without a store it does nothing.
+function Client:warm()
+  if not self.store then return true end
+  -- fetch's pcall: a cosocket raises in init_worker; no blob means a salt of our own
+  core.store_warm(self.core, (fetch(self)))
+  return true
+end
+
+local function wrap(c, opts, store)
   local info = {}
   for k, v in pairs(core.info(c)) do info[k] = v end
   for _, k in ipairs { "timeout", "connect_timeout", "read_timeout", "deadline", "user_agent" } do
     info[k] = opts[k]
   end
-  return setmetatable({ core = c, info = info, key = core.entry_key(c) }, Client)
+  local self = { core = c, info = info, key = core.entry_key(c), log = opts.log }
+  if store then
+    local name = (store.prefix or stores.DEFAULT_PREFIX) .. core.store_key(c)
+    self.store, self.store_name, self.lock_key = store.object, name, name .. ":lock"
+    -- a lock lapses if its holder dies: after the longest a refresh may take (as client.c)
+    self.lock_ttl = (opts.deadline or 60) + (opts.connect_timeout or 30) + (opts.timeout or 30)
+  end
+  return setmetatable(self, Client)
 end
 
--- resty.new(opts): as lusidauth.new, for OpenResty. Raises on bad options.
+-- The store options: { object = store, prefix = key prefix } | nil. Raises (no position) on bad
+-- ones; removes them from opts.
+local function take_store(opts)
+  local kind, dict, redis = opts.store, opts.shdict, opts.redis
+  opts.store, opts.shdict, opts.redis = nil, nil, nil
+  if kind == nil then
+    if dict ~= nil then error("lusidauth.resty: option 'shdict' needs store = \"shdict\"", 0) end
+    if redis ~= nil then error("lusidauth.resty: option 'redis' needs store = \"redis\"", 0) end
+    return nil
+  end
+  if kind == "shdict" then
+    if redis ~= nil then error("lusidauth.resty: option 'redis' needs store = \"redis\"", 0) end
+    local obj = stores.shdict(dict)
+    if not obj then
+      error("lusidauth.resty: store = \"shdict\" needs option 'shdict', the name of a lua_shared_dict"
+        .. (type(dict) == "string" and " (there is no ngx.shared." .. dict .. ")" or ""), 0)
+    end
+    return { object = obj }
+  end
+  if dict ~= nil then error("lusidauth.resty: option 'shdict' needs store = \"shdict\"", 0) end
+  if kind == "redis" then
+    if redis ~= nil and type(redis) ~= "table" then
+      error("lusidauth.resty: option 'redis' must be a table, not a " .. type(redis), 0)
+    end
+    local conf = {}
+    for k, v in pairs(redis or {}) do conf[k] = v end
+    local prefix = conf.prefix
+    conf.prefix = nil
+    if prefix ~= nil and type(prefix) ~= "string" then
+      error("lusidauth.resty: option 'redis.prefix' must be a string, not a " .. type(prefix), 0)
+    end
+    return { object = stores.redis(conf), prefix = prefix }
+  end
+  if redis ~= nil then error("lusidauth.resty: option 'redis' needs store = \"redis\"", 0) end
+  if kind == "file" then
+    error("lusidauth.resty: store = \"file\" would block nginx: use \"shdict\" or \"redis\"", 0)
+  end
+  if not stores.is_store(kind) then
+    error("lusidauth.resty: option 'store' must be \"shdict\", \"redis\", or an object with get, set, "
+      .. "lock and unlock methods", 0)
+  end
+  return { object = kind }
+end
+
+-- resty.new(opts): as lusidauth.new, for OpenResty, plus the store options (store = "shdict"
+-- with shdict = "<lua_shared_dict>", store = "redis" with redis = {...}, or store = an object).
+-- Raises on bad options.
 function R.new(opts)
-  local ok, c = pcall(lusidauth.new, opts)
+  if type(opts) ~= "table" then error("lusidauth.resty.new: expected an options table, got " .. type(opts), 2) end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  local sok, store = pcall(take_store, o)
+  if not sok then error(store, 2) end
+  if store then o.store = "external" end -- the core makes and checks the blobs; no I/O
+  local ok, c = pcall(lusidauth.new, o)
   if not ok then error(c, 2) end
-  return wrap(c, opts)
+  return wrap(c, opts, store)
 end
 
 -- resty.from_config(load_opts) --> client | nil, err
