@@ -546,7 +546,13 @@ static int store_after(lua_State *L, la_client *c, run_ctx *x) {
     pthread_mutex_unlock(&sh->lock);
   }
   if (save && rc != 0 && store_note(L, c, &x->f, LA_LOG_WARN, err.message)) return 1;
-  la_store_unlock(c->store);
+  la_error_reset(&err);
+  if (la_store_unlock(c->store, &err) != 0) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s; the refresh lock lapses in %.0f s", err.message,
+             c->creds.deadline + c->http.connect_timeout + c->http.timeout);
+    return store_note(L, c, &x->f, LA_LOG_WARN, msg);
+  }
   return 0;
 }
 

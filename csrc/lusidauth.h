@@ -224,7 +224,7 @@ LA_HIDDEN void la_store_close(la_store *s);
 LA_HIDDEN int la_store_external(const la_store *s);
 LA_HIDDEN const char *la_store_name(const la_store *s);
 LA_HIDDEN int la_store_lock(la_store *s, double wait, double hold, la_error *err);
-LA_HIDDEN void la_store_unlock(la_store *s);
+LA_HIDDEN int la_store_unlock(la_store *s, la_error *err);
 LA_HIDDEN int la_store_fetch(la_store *s, la_buf *out, la_error *err);
 LA_HIDDEN int la_store_apply(la_store *s, const char *p, size_t n, la_entry *e, double skew);
 LA_HIDDEN int la_store_pack(la_store *s, const la_entry *e, la_store_blobs *out, la_error *err);

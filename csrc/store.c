@@ -168,7 +168,7 @@ int la_store_lock(la_store *s, double wait, double hold, la_error *err) {
   return s->ops->lock(s, wait, hold, err);
 }
 
-void la_store_unlock(la_store *s) { s->ops->unlock(s); }
+int la_store_unlock(la_store *s, la_error *err) { return s->ops->unlock(s, err); }
 
 /* Reads a blob into e when it parses and its verifier matches our secrets: the refresh token,
  * and the access token re-anchored on the local clock with the refresh time it was given. A
@@ -215,11 +215,18 @@ int la_store_apply(la_store *s, const char *text, size_t n, la_entry *e, double 
     if (s->ok_salt_set && memcmp(s->ok_salt, salt, 16) == 0 &&
         memcmp(s->ok_ver, want, 32) == 0) {
       rc = 1;
+    } else if (s->bad_salt_set && memcmp(s->bad_salt, salt, 16) == 0 &&
+               memcmp(s->bad_ver, want, 32) == 0) {
+      rc = 0; /* checked before: not ours, and the KDF is not run again for it */
     } else if (verifier(got, s->secret_hash, salt) == 0 && CRYPTO_memcmp(got, want, 32) == 0) {
       memcpy(s->ok_salt, salt, 16);
       memcpy(s->ok_ver, want, 32);
       s->ok_salt_set = 1;
       rc = 1;
+    } else {
+      memcpy(s->bad_salt, salt, 16);
+      memcpy(s->bad_ver, want, 32);
+      s->bad_salt_set = 1;
     }
   }
   if (rc == 1 && e != NULL) {

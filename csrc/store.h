@@ -11,7 +11,7 @@
  *   lock    take the refresh lock, trying for up to `wait` seconds; a lock not released within
  *           `hold` seconds lapses (a dead holder must not block the others for ever)
  *           1 held, 0 timed out, -1 err set, LA_STORE_DOWN unreachable (err set)
- *   unlock  release it, only if we still hold it
+ *   unlock  release it, only if we still hold it: 0, or -1 / LA_STORE_DOWN (err set; it lapses)
  *   get     a slot's blob: 1 got, 0 none, -1 err set, LA_STORE_DOWN (err set)
  *   put     replace a slot's blob; it may be dropped after `ttl` seconds: 0, -1, LA_STORE_DOWN
  *           (a store without expiry may keep only the state: it holds the chain too)
@@ -22,7 +22,7 @@ typedef struct la_store_ops {
   const char *kind;
   int (*open)(la_store *s, const la_store_conf *conf, la_error *err);
   int (*lock)(la_store *s, double wait, double hold, la_error *err);
-  void (*unlock)(la_store *s);
+  int (*unlock)(la_store *s, la_error *err);
   int (*get)(la_store *s, int slot, la_buf *out, la_error *err);
   int (*put)(la_store *s, int slot, const char *p, size_t n, double ttl, la_error *err);
   void (*close)(la_store *s);
@@ -36,6 +36,9 @@ struct la_store {
   unsigned char ok_salt[16];     /* a salt and verifier known to match, to skip the KDF */
   unsigned char ok_ver[32];
   int ok_salt_set;
+  unsigned char bad_salt[16];    /* a salt and verifier known not to match (another secret) */
+  unsigned char bad_ver[32];
+  int bad_salt_set;
   double refresh_ttl;            /* the chain's lifetime in the store */
 };
 

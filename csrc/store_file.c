@@ -130,9 +130,11 @@ static int file_lock(la_store *s, double wait, double hold, la_error *err) {
   }
 }
 
-static void file_unlock(la_store *s) {
+static int file_unlock(la_store *s, la_error *err) {
   file_store *f = (file_store *)s->impl;
+  (void)err;
   if (f->lock_fd >= 0) flock(f->lock_fd, LOCK_UN);
+  return 0;
 }
 
 /* Reads the whole file (at most 64 KiB) into b. 1: read; 0: no file; -1: err set (a file we

@@ -383,6 +383,10 @@ static int redis_open(la_store *s, const la_store_conf *conf, la_error *err) {
   }
   r->fd = -1;
   r->host = dup_or_null(conf->host != NULL ? conf->host : "127.0.0.1", &oom);
+  if (r->host != NULL && r->host[0] == '[' && r->host[strlen(r->host) - 1] == ']') { /* [::1] */
+    memmove(r->host, r->host + 1, strlen(r->host) - 2);
+    r->host[strlen(r->host) - 2] = '\0';
+  }
   r->username = dup_or_null(conf->username, &oom);
   r->ca_file = dup_or_null(conf->ca_file, &oom);
   if (conf->password.p != NULL && la_secret_set(&r->password, conf->password.p,
@@ -409,28 +413,34 @@ static int redis_open(la_store *s, const la_store_conf *conf, la_error *err) {
   return 0; /* connected on first use: a Redis that is down now must not stop the client */
 }
 
-static void redis_unlock(la_store *s) {
+static int redis_unlock(la_store *s, la_error *err) {
   redis_store *r = (redis_store *)s->impl;
   const char *argv[5];
   size_t lens[5];
   redisReply *rep;
-  la_error err;
-  if (!r->locked) return;
+  if (!r->locked) return 0;
   r->locked = 0;
   argv[0] = "EVAL", lens[0] = 4;
   argv[1] = UNLOCK_SCRIPT, lens[1] = sizeof UNLOCK_SCRIPT - 1;
   argv[2] = "1", lens[2] = 1;
   argv[3] = r->lock_key, lens[3] = strlen(r->lock_key);
   argv[4] = r->owner, lens[4] = strlen(r->owner);
-  la_error_reset(&err);
-  if ((rep = command(r, &err, 5, argv, lens)) != NULL) freeReplyObject(rep);
-  /* a failure here leaves the lock to lapse after its hold time */
+  /* a failure leaves the lock to lapse after its hold time */
+  if ((rep = command(r, err, 5, argv, lens)) == NULL) return LA_STORE_DOWN;
+  if (rep->type == REDIS_REPLY_ERROR)
+    return reply_error(r, err, rep, "EVAL (the lock's release) was refused");
+  freeReplyObject(rep);
+  return 0;
 }
 
 static void redis_close(la_store *s) {
   redis_store *r = (redis_store *)s->impl;
   if (r == NULL) return;
-  if (r->locked && r->fd >= 0) redis_unlock(s);
+  if (r->locked && r->fd >= 0) {
+    la_error err;
+    la_error_reset(&err);
+    (void)redis_unlock(s, &err);
+  }
   disconnect(r);
   if (r->ctx != NULL) SSL_CTX_free(r->ctx);
   free(r->host);
