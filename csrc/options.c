@@ -283,8 +283,12 @@ void la_read_options(lua_State *L, la_client *c, int grant, int opts) {
   c->store_conf.dir = opt_dup(L, opts, "store_dir");
   if (c->store_conf.dir != NULL && (c->store_conf.kind == NULL || strcmp(c->store_conf.kind, "file") != 0))
     luaL_error(L, "lusidauth: option 'store_dir' needs store = \"file\"");
-  if (read_redis(L, &c->store_conf, opts) && (c->store_conf.kind == NULL || strcmp(c->store_conf.kind, "redis") != 0))
-    luaL_error(L, "lusidauth: option 'redis' needs store = \"redis\"");
+  { /* store = "external" (lusidauth.resty's Redis) takes redis.refresh_ttl from it */
+    const char *k = c->store_conf.kind;
+    int redis_like = k != NULL && (strcmp(k, "redis") == 0 || strcmp(k, "external") == 0);
+    if (read_redis(L, &c->store_conf, opts) && !redis_like)
+      luaL_error(L, "lusidauth: option 'redis' needs store = \"redis\"");
+  }
   c->http.ca_file = opt_dup(L, opts, "ca_file");
   c->http.ca_path = opt_dup(L, opts, "ca_path");
   c->http.user_agent = opt_dup(L, opts, "user_agent");

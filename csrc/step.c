@@ -17,9 +17,10 @@
  * With store = "external" (lusidauth.resty's stores: the caller moves the blobs and holds the
  * lock; store.c makes and checks them):
  *   core.store_key(c)        --> the identity's name in the store (hex; no secret in it)
- *   run:store_import(blob)   --> the next action, after loading what another process stored
- *                                (the state blob, else the chain blob; nil: the store had
- *                                nothing, or could not be reached); before the first request
+ *   run:store_import(blob[, lock_busy]) --> the next action, after loading what another
+ *                                process stored (the state blob, else the chain blob; nil: the
+ *                                store had nothing, or could not be reached; lock_busy: another
+ *                                holder kept the lock past the wait); before the first request
  *   run:store_dirty()        --> true when the store should get our state (also after finish)
  *   core.store_export(c)     --> state, state_ttl, chain, chain_ttl | nil: the blobs to store
  *                                and their lifetimes in seconds (state nil: the access token
@@ -265,11 +266,19 @@ static int run_store_import(lua_State *L) {
   la_store *st = check_store(L, c);
   size_t n = 0;
   const char *blob = luaL_optlstring(L, 2, NULL, &n);
+  int lock_busy = lua_toboolean(L, 3);
   int applied = 0, mode = r->f.mode;
   int64_t deadline = r->f.deadline;
-  if ((r->a.kind != LA_ACT_SEND && r->a.kind != LA_ACT_FAIL) || r->f.attempts > 0)
-    return luaL_error(L, "lusidauth: store_import comes before the first request");
+  if (r->f.attempts > 0) return luaL_error(L, "lusidauth: store_import comes before the first request");
   pthread_mutex_lock(&sh->lock);
+  if (lock_busy && c->creds.grant == LA_GRANT_REFRESH && sh->refresh_shared) {
+    /* as client.c: with only a shared refresh token and another holder, nothing is safe to send */
+    pthread_mutex_unlock(&sh->lock);
+    la_error_set(&r->f.err, LA_ERR_TIMEOUT, 1,
+                 "token store: another process held the refresh lock past the deadline");
+    r->a.kind = LA_ACT_FAIL;
+    return push_action(L, r);
+  }
   r->resave = sh->store_dirty; /* a state of ours never reached the store: it gets ours */
   if (blob != NULL && !r->resave)
     applied = la_store_apply(st, blob, n, &sh->e, c->creds.refresh_skew);

@@ -359,9 +359,13 @@ static void free_reply(redisReply *rep) {
   freeReplyObject(rep);
 }
 
+/* Redis's error text, without what "unknown command ..., with args beginning with: ..." would
+ * echo of our arguments (a password, a blob). */
 static int reply_error(redis_store *r, la_error *err, redisReply *rep, const char *what) {
   char msg[160];
-  snprintf(msg, sizeof msg, "%.*s", rep->len > 120 ? 120 : (int)rep->len, rep->str);
+  const char *args = strstr(rep->str, ", with args");
+  size_t n = args != NULL ? (size_t)(args - rep->str) : rep->len;
+  snprintf(msg, sizeof msg, "%.*s", n > 120 ? 120 : (int)n, rep->str);
   free_reply(rep);
   return down(r, err, what, msg);
 }

@@ -93,7 +93,9 @@ local function post(info, url, body, auth)
   local sock = ngx.socket.tcp()
   local ms = function(s) return math.floor((s or 30) * 1000) end
   sock:settimeouts(ms(info.connect_timeout), ms(info.timeout), ms(info.read_timeout or info.timeout))
-  local ok, err = sock:connect(host, port)
+  -- a pool of our own: a connection other code pooled for this host (perhaps unverified) is not
+  -- handed our credentials
+  local ok, err = sock:connect(host, port, { pool = ("lusidauth:%s:%s:%d"):format(scheme, host, port) })
   if not ok then
     return nil, err == "timeout" and "timeout" or "network", "connect to " .. host .. ":" .. port .. ": " .. err
   end
@@ -156,8 +158,8 @@ local function post(info, url, body, auth)
   return { status = status, headers = headers, body = rbody }
 end
 
--- Runs one refresh to the end: the same loop client.c runs in C, with cosockets and ngx.sleep.
--- Returns the number of requests sent, then what run:finish() returns.
+-- Runs one refresh until it settles: the same loop client.c runs in C, with cosockets and
+-- ngx.sleep. Returns the number of requests sent; the caller calls run:finish().
 local function drive(info, run, kind, x)
   local sent = 0
   while kind == "send" or kind == "wait" do
@@ -178,7 +180,12 @@ local function drive(info, run, kind, x)
       end
     end
   end
-  return sent, run:finish()
+  return sent
+end
+
+local function drive_finish(info, run, kind, x)
+  drive(info, run, kind, x)
+  return run:finish()
 end
 
 -- A line for nginx's error log and the client's log hook (which must not raise or yield).
@@ -202,9 +209,16 @@ end
 -- The state, else the chain (the refresh token alone, kept longer): a blob, or nil[, err].
 local function fetch(self)
   local blob, err = call(self, "get", self.store_name)
-  if blob == nil and not err then blob, err = call(self, "get", self.store_name .. ":chain") end
+  if type(blob) ~= "string" and not err then blob, err = call(self, "get", self.store_name .. ":chain") end
   if type(blob) ~= "string" then blob = nil end
   return blob, err
+end
+
+local function unlock(self)
+  local ok, err = call(self, "unlock", self.lock_key)
+  if ok == nil and err then
+    note(self, "warn", ("token store: %s; the refresh lock lapses in %d s"):format(tostring(err), self.lock_ttl))
+  end
 end
 
 -- Before the first request of a run (client.c's store_before): takes the store's lock and
@@ -216,11 +230,11 @@ local function store_before(self, mode, run, deadline)
   local wait_until = ngx.now() + (deadline - ngx.now()) / 2 -- the other half: our own refresh
   while true do
     local got, err = call(self, "lock", self.lock_key, self.lock_ttl)
-    if got == nil then
-      store_down(self, err)
+    if got == true then break end
+    if got ~= false then -- nil, err; or not the interface's answer
+      store_down(self, err or ("the store's lock() returned a " .. type(got)))
       return false, true, run:store_import(nil)
     end
-    if got then break end
     if mode == "token" and self.core:expires_in() ~= nil then
       -- another process is refreshing: serve our valid token, look again in a second
       look_again[self.key] = ngx.now() + 1
@@ -230,35 +244,43 @@ local function store_before(self, mode, run, deadline)
     if ngx.now() + delay > wait_until then
       note(self, "warn", "token store: another process held the refresh lock past the deadline; "
         .. "going on without it")
-      return false, true, run:store_import(nil)
+      return false, true, run:store_import(nil, true)
     end
     ngx.sleep(delay)
     delay = math.min(delay * 2, 0.05)
   end
   local blob, err = fetch(self)
   if err then store_down(self, err) end
-  return true, false, run:store_import(blob)
+  local ok, kind, x = pcall(run.store_import, run, blob)
+  if not ok then -- the lock is ours: release it before the error goes on
+    unlock(self)
+    error(kind, 0)
+  end
+  return true, false, kind, x
 end
 
--- After a run that held the lock: the new state to the store (client.c's store_after).
+-- After a run that held the lock: the new state to the store (client.c's store_after). The
+-- state counts as not stored until both writes succeed, so a coroutine killed in between leaves
+-- it to be written at the next lock.
 local function store_after(self)
   local state, state_ttl, chain, chain_ttl = core.store_export(self.core)
   if state == nil and chain == nil then
     if state_ttl then note(self, "warn", "token store: " .. tostring(state_ttl)) end
     return
   end
+  core.store_saved(self.core, false)
   local ok, err = true, nil
   if state then ok, err = call(self, "set", self.store_name, state, state_ttl) end
   if ok and chain then ok, err = call(self, "set", self.store_name .. ":chain", chain, chain_ttl) end
-  core.store_saved(self.core, ok and true or false)
-  if not ok then store_down(self, err) end
+  if ok then core.store_saved(self.core, true) else store_down(self, err) end
 end
 
--- One refresh with a store: lock, load, refresh if still needed, save, unlock. Raises what
--- drive raises, after releasing the lock.
+-- One refresh with a store: lock, load, refresh if still needed, save, unlock, then finish the
+-- run (so that no other refresh of this worker starts before the store has the new state).
+-- Raises what drive raises, after releasing the lock.
 local function drive_stored(self, mode, deadline, run, kind, x)
   local locked, alone = false, false
-  if kind == "send" or kind == "done" then -- "done" at once: failed (say, no refresh token left)
+  if kind == "send" or kind == "done" then -- "done" at once: failed, or a valid token to serve
     locked, alone, kind, x = store_before(self, mode, run, deadline)
     if kind == "use" then
       local k, token, expires_in = core.step(self.core, "token", true)
@@ -266,16 +288,20 @@ local function drive_stored(self, mode, deadline, run, kind, x)
       return nil, err_obj("config", "no usable token") -- not reached: it was valid just now
     end
   end
-  local ok, sent, token, expires_in = pcall(drive, self.info, run, kind, x)
-  local dirty = run:store_dirty() -- a new token, or the store was behind us
+  local ok, err = pcall(drive, self.info, run, kind, x)
+  local dok, dirty = pcall(run.store_dirty, run) -- a new token, or the store was behind us
+  dirty = dok and dirty
   if locked then
-    if dirty then store_after(self) end
-    call(self, "unlock", self.lock_key)
-  elseif alone and ok and sent > 0 then
-    core.store_saved(self.core, false) -- the store gets this state at the next lock
+    if dirty then
+      local sok, serr = pcall(store_after, self)
+      if not sok then store_down(self, serr) end
+    end
+    unlock(self)
+  elseif alone and dirty then
+    pcall(core.store_saved, self.core, false) -- the store gets this state at the next lock
   end
-  if not ok then error(sent, 0) end
-  return token, expires_in
+  if not ok then error(err, 0) end
+  return run:finish()
 end
 
 local function wake(key)
@@ -320,9 +346,7 @@ local function obtain(self, mode)
       if self.store then
         ok, token, expires_in = pcall(drive_stored, self, mode, deadline, a, b, c)
       else
-        local sent
-        ok, sent, token, expires_in = pcall(drive, self.info, a, b, c)
-        if not ok then token = sent end
+        ok, token, expires_in = pcall(drive_finish, self.info, a, b, c)
       end
       if not ok then
         a:abort()
@@ -401,8 +425,10 @@ local function wrap(c, opts, store)
   if store then
     local name = (store.prefix or stores.DEFAULT_PREFIX) .. core.store_key(c)
     self.store, self.store_name, self.lock_key = store.object, name, name .. ":lock"
-    -- a lock lapses if its holder dies: after the longest a refresh may take (as client.c)
-    self.lock_ttl = (opts.deadline or 60) + (opts.connect_timeout or 30) + (opts.timeout or 30)
+    -- a lock lapses if its holder dies: after the longest a refresh may take (as client.c),
+    -- with a read timeout that may exceed the request timeout, and a margin for the store's I/O
+    self.lock_ttl = (opts.deadline or 60) + (opts.connect_timeout or 30)
+      + math.max(opts.timeout or 30, opts.read_timeout or 0) + 5
   end
   return setmetatable(self, Client)
 end
@@ -433,12 +459,14 @@ local function take_store(opts)
     end
     local conf = {}
     for k, v in pairs(redis or {}) do conf[k] = v end
-    local prefix = conf.prefix
-    conf.prefix = nil
+    local prefix, refresh_ttl = conf.prefix, conf.refresh_ttl
+    conf.prefix, conf.refresh_ttl = nil, nil
     if prefix ~= nil and type(prefix) ~= "string" then
       error("lusidauth.resty: option 'redis.prefix' must be a string, not a " .. type(prefix), 0)
     end
-    return { object = stores.redis(conf), prefix = prefix }
+    if prefix and #prefix > 200 then error("lusidauth.resty: option 'redis.prefix' must be at most 200 bytes", 0) end
+    -- refresh_ttl: how long the core says the chain is kept (it checks the value)
+    return { object = stores.redis(conf), prefix = prefix, refresh_ttl = refresh_ttl }
   end
   if redis ~= nil then error("lusidauth.resty: option 'redis' needs store = \"redis\"", 0) end
   if kind == "file" then
@@ -460,7 +488,10 @@ function R.new(opts)
   for k, v in pairs(opts) do o[k] = v end
   local sok, store = pcall(take_store, o)
   if not sok then error(store, 2) end
-  if store then o.store = "external" end -- the core makes and checks the blobs; no I/O
+  if store then -- the core makes and checks the blobs; no I/O
+    o.store = "external"
+    if store.refresh_ttl ~= nil then o.redis = { refresh_ttl = store.refresh_ttl } end
+  end
   local ok, c = pcall(lusidauth.new, o)
   if not ok then error(c, 2) end
   return wrap(c, opts, store)

@@ -151,7 +151,11 @@ local function command(sock, args, what)
   if not ok then return nil, what .. ": sending failed: " .. tostring(err) end
   local v, rerr, is_reply = read_reply(sock, 0)
   if v == nil then
-    if is_reply then return nil, what .. " was refused: " .. tostring(rerr):sub(1, 120) end
+    if is_reply then -- without what "unknown command ..., with args beginning with:" echoes
+      local text = tostring(rerr)
+      text = text:sub(1, (text:find(", with args", 1, true) or 121) - 1):sub(1, 120)
+      return nil, what .. " was refused: " .. text
+    end
     return nil, what .. ": reading the reply failed: " .. tostring(rerr)
   end
   return v
@@ -236,17 +240,20 @@ function Redis:lock(key, ttl)
   return true
 end
 
--- compare-and-delete: a lock that lapsed and was taken by another process stays theirs
+-- compare-and-delete: a lock that lapsed and was taken by another process stays theirs.
+-- true | nil, err (the lock then lapses after its ttl)
 function Redis:unlock(key)
   local owner = self.owners[key]
   self.owners[key] = nil
-  if owner then self:run({ "EVAL", UNLOCK_SCRIPT, 1, key, owner }, "EVAL") end
-  -- a failure leaves the lock to lapse after its ttl
+  if not owner then return true end
+  local v, err = self:run({ "EVAL", UNLOCK_SCRIPT, 1, key, owner }, "EVAL")
+  if v == nil then return nil, err end
+  return true
 end
 
 local REDIS_FIELDS = {
   host = "string", port = "number", db = "number", username = "string", password = "string",
-  tls = "boolean", prefix = "string", timeout = "number",
+  tls = "boolean", prefix = "string", timeout = "number", refresh_ttl = "number", insecure = "boolean",
   -- OpenResty only:
   server_name = "string", pool_size = "number", keepalive_timeout = "number",
 }
@@ -266,7 +273,7 @@ function M.redis(conf)
     local want = REDIS_FIELDS[k]
     if not want then
       error("lusidauth.resty: unknown option 'redis." .. tostring(k) .. "' (known: host, port, db, username, "
-        .. "password, tls, prefix, timeout, server_name, pool_size, keepalive_timeout)", 0)
+        .. "password, tls, prefix, timeout, refresh_ttl, insecure, server_name, pool_size, keepalive_timeout)", 0)
     end
     if type(v) ~= want then
       error(("lusidauth.resty: option 'redis.%s' must be a %s, not a %s"):format(k, want, type(v)), 0)
@@ -290,6 +297,16 @@ function M.redis(conf)
     owners = {},
   }, Redis)
   if r.username and not r.password then error("lusidauth.resty: option 'redis.username' needs redis.password", 0) end
+  -- as the C store: tokens and the password go over this connection, in clear text only on loopback
+  local h = r.host:gsub("^%[(.*)%]$", "%1")
+  local loopback = h == "localhost" or h == "::1" or h:match("^127%.") ~= nil
+  if not r.tls and not loopback and not conf.insecure then
+    error("lusidauth.resty: option 'redis.host' is not a loopback address: set redis.tls = true "
+      .. "(or redis.insecure = true to send tokens in clear text)", 0)
+  end
+  if conf.prefix and #conf.prefix > 200 then
+    error("lusidauth.resty: option 'redis.prefix' must be at most 200 bytes", 0)
+  end
   r.server_name = conf.server_name or r.host
   r.ip_name = not conf.server_name and (r.host:match("^[%d.]+$") or r.host:find(":", 1, true)) and true
   local bracket = r.host:find(":", 1, true)
