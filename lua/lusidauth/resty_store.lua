@@ -48,14 +48,16 @@ end
 
 function Shdict:set(key, blob, ttl)
   if not ttl or ttl < 0.001 then return true end -- exptime 0 would mean "never expires"
-  local ok, err = self.dict:set(key, blob, ttl)
+  -- safe_set/safe_add: a full dict refuses rather than evict another key (another identity's
+  -- lock or state); the refresh then goes on without the store and says so
+  local ok, err = self.dict:safe_set(key, blob, ttl)
   if not ok then return nil, "shared dict: cannot store the token: " .. tostring(err) end
   return true
 end
 
 function Shdict:lock(key, ttl)
   local owner = new_owner()
-  local ok, err = self.dict:add(key, owner, ttl)
+  local ok, err = self.dict:safe_add(key, owner, ttl)
   if ok then
     self.owners[key] = owner
     return true
