@@ -391,46 +391,71 @@ static int store_down(lua_State *L, la_client *c, run_ctx *x, const la_error *er
   return store_note(L, c, &x->f, LA_LOG_WARN, msg);
 }
 
-/* Under sh->lock, when the store gave us nothing: a refresh token that other processes may also
- * hold (it came from, or went to, the store) is not rotated blindly, since two holders rotating
- * one token make Okta revoke the chain. A client with a password logs in afresh instead; one
- * with only a refresh token has nothing else and uses it. Returns 1 when it dropped one. */
-static int drop_shared_refresh(la_client *c, int mode) {
+/* What the store gave, into the entry, and the flow decides again (for client.c's and step.c's
+ * drivers alike; takes sh->lock). how: LA_TAKE_READ (blob: what the store holds, NULL for
+ * nothing), LA_TAKE_DOWN (unreachable) or LA_TAKE_BUSY (its lock stayed held). Rules:
+ * - a state of ours that never reached the store is not replaced by the store's: it gets ours
+ *   (LA_TAKE_RESAVE);
+ * - without a state from the store, a refresh token other processes may hold (it came from, or
+ *   went to, the store) is not rotated blindly, since two holders rotating one token make Okta
+ *   revoke the chain: a password client logs in afresh (LA_TAKE_DROPPED); a client with only a
+ *   refresh token uses it, except past a busy lock, where it fails;
+ * - the flow keeps the call's deadline. *gen: the entry's generation after, or NULL. */
+int la_store_take(la_client *c, la_flow *f, la_action *a, const char *blob, size_t n, int how,
+                  unsigned long *gen) {
   la_shared *sh = c->sh;
-  int dropped = mode == LA_MODE_TOKEN && sh->refresh_shared &&
-                c->creds.grant == LA_GRANT_PASSWORD && sh->e.refresh.p != NULL;
-  if (dropped) la_secret_clear(&sh->e.refresh);
-  if (mode == LA_MODE_TOKEN) sh->refresh_shared = 0;
-  return dropped;
-}
-
-/* The flow decides again on the entry as it now is, within the call's original deadline. */
-static void restart_flow(la_client *c, run_ctx *x, int mode) {
-  int64_t deadline = x->f.deadline;
-  x->a = la_flow_start(&x->f, &c->creds, &c->sh->e, mode, la_now(),
-                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)c);
-  x->f.deadline = deadline;
-  if (la_now() >= deadline && x->a.kind == LA_ACT_SEND) {
-    x->a.kind = LA_ACT_FAIL;
-    la_error_set(&x->f.err, LA_ERR_TIMEOUT, 1, "token store: the deadline passed while waiting for "
-                                               "another process's refresh");
+  int r = 0, mode = f->mode;
+  pthread_mutex_lock(&sh->lock);
+  if (how == LA_TAKE_BUSY && c->creds.grant == LA_GRANT_REFRESH && sh->refresh_shared) {
+    pthread_mutex_unlock(&sh->lock);
+    la_error_set(&f->err, LA_ERR_TIMEOUT, 1,
+                 "token store: another process held the refresh lock past the deadline");
+    a->kind = LA_ACT_FAIL;
+    return 0;
   }
+  if (how == LA_TAKE_READ && sh->store_dirty)
+    r = LA_TAKE_RESAVE;
+  else if (blob != NULL && la_store_apply(c->store, blob, n, &sh->e, c->creds.refresh_skew) == 1)
+    r = LA_TAKE_LOADED;
+  if (r == LA_TAKE_LOADED) {
+    sh->refresh_shared = sh->e.refresh.p != NULL;
+    la_shared_publish(sh);
+  } else if (r == 0 && mode == LA_MODE_TOKEN) {
+    if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD && sh->e.refresh.p != NULL) {
+      la_secret_clear(&sh->e.refresh);
+      r = LA_TAKE_DROPPED;
+    }
+    sh->refresh_shared = 0;
+  }
+  *a = la_flow_restart(f, &c->creds, &sh->e, la_now(), (uint64_t)la_now() ^ (uint64_t)(uintptr_t)f);
+  if (gen != NULL) *gen = sh->e.gen;
+  pthread_mutex_unlock(&sh->lock);
+  return r;
 }
 
-/* Without the store (unreachable, or its lock not free before the deadline). 0 to go on, 1 when
- * the client was closed by the log hook. */
-static int store_alone(lua_State *L, la_client *c, run_ctx *x, int mode) {
-  int dropped;
-  x->alone = 1;
-  pthread_mutex_lock(&c->sh->lock);
-  dropped = drop_shared_refresh(c, mode);
-  restart_flow(c, x, mode);
-  pthread_mutex_unlock(&c->sh->lock);
-  if (dropped)
+/* Under sh->lock: whether the store should get the entry's state after a run: a new token or
+ * refresh token, or the store was behind us. */
+int la_store_dirty(const la_client *c, const la_flow *f, int resave, unsigned long gen0) {
+  return resave || (f->attempts > 0 && (c->sh->e.gen != gen0 || f->rotated));
+}
+
+/* A line for the log about what la_store_take did. 1 when the hook closed the client. */
+static int note_taken(lua_State *L, la_client *c, run_ctx *x, int taken) {
+  if (taken & LA_TAKE_DROPPED)
     return store_note(L, c, &x->f, LA_LOG_INFO,
                       "token store: not rotating a refresh token other processes may hold "
-                      "without the store; logging in with the password instead");
+                      "without the store's state; logging in with the password instead");
+  if ((taken & LA_TAKE_LOADED) && x->a.kind == LA_ACT_USE)
+    return store_note(L, c, &x->f, LA_LOG_DEBUG,
+                      "token store: used the token another process stored");
   return 0;
+}
+
+/* Without the store (unreachable, or its lock held past the wait): what we have decides, and
+ * the state we make must reach the store later. */
+static int store_alone(lua_State *L, la_client *c, run_ctx *x, int how) {
+  x->alone = 1;
+  return note_taken(L, c, x, la_store_take(c, &x->f, &x->a, NULL, 0, how, NULL));
 }
 
 /* With the process's refresh in flight held: takes the store's refresh lock and reads what
@@ -446,7 +471,7 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
   int64_t now = la_now();
   double hold = c->creds.deadline + c->http.connect_timeout + c->http.timeout;
   double wait = (double)(x->f.deadline - now) / 2e9; /* the other half: for our own refresh */
-  int got, fetched, applied = 0, valid, dropped = 0;
+  int got, fetched, taken, valid;
   la_error_reset(&err);
   pthread_mutex_lock(&sh->lock);
   valid = la_entry_state(&sh->e, now) == LA_STALE;
@@ -454,7 +479,7 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
   la_store_warm(c->store); /* the KDF, once per process, before the lock */
   got = la_store_lock(c->store, mode == LA_MODE_TOKEN && valid ? 0 : wait > 0 ? wait : 0, hold,
                       &err);
-  if (got == LA_STORE_DOWN) return store_down(L, c, x, &err) || store_alone(L, c, x, mode);
+  if (got == LA_STORE_DOWN) return store_down(L, c, x, &err) || store_alone(L, c, x, LA_TAKE_DOWN);
   if (got < 0) {
     x->f.err = err;
     x->a.kind = LA_ACT_FAIL;
@@ -468,16 +493,10 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
       x->a.kind = LA_ACT_USE;
       return 1;
     }
-    if (c->creds.grant == LA_GRANT_REFRESH && sh->refresh_shared) { /* nothing safe to send */
-      la_error_set(&x->f.err, LA_ERR_TIMEOUT, 1,
-                   "token store: another process held the refresh lock past the deadline");
-      x->a.kind = LA_ACT_FAIL;
-      return 1;
-    }
     return store_note(L, c, &x->f, LA_LOG_WARN,
                       "token store: another process held the refresh lock past the deadline; "
                       "going on without it") ||
-           store_alone(L, c, x, mode);
+           store_alone(L, c, x, LA_TAKE_BUSY);
   }
   x->store_locked = 1;
   fetched = la_store_fetch(c->store, &b, &err);
@@ -488,29 +507,10 @@ static int store_before(lua_State *L, la_client *c, run_ctx *x, int mode) {
     return 1;
   }
   if (fetched == LA_STORE_DOWN && store_down(L, c, x, &err)) return 1;
-  pthread_mutex_lock(&sh->lock);
-  if (sh->store_dirty) /* a state of ours never reached the store: the store gets ours */
-    x->resave = 1;
-  else if (fetched == 1)
-    applied = la_store_apply(c->store, b.p, b.n, &sh->e, c->creds.refresh_skew);
-  if (applied == 1) {
-    sh->refresh_shared = sh->e.refresh.p != NULL;
-    la_shared_publish(sh);
-  } else if (!x->resave) {
-    dropped = drop_shared_refresh(c, mode);
-  }
-  x->gen0 = sh->e.gen;
-  restart_flow(c, x, mode);
-  pthread_mutex_unlock(&sh->lock);
+  taken = la_store_take(c, &x->f, &x->a, fetched == 1 ? b.p : NULL, b.n, LA_TAKE_READ, &x->gen0);
   la_buf_free(&b);
-  if (dropped)
-    return store_note(L, c, &x->f, LA_LOG_INFO,
-                      "token store: it has no state for us; logging in with the password rather "
-                      "than rotating a refresh token other processes may hold");
-  if (applied == 1 && x->a.kind == LA_ACT_USE)
-    return store_note(L, c, &x->f, LA_LOG_DEBUG,
-                      "token store: used the token another process stored");
-  return 0;
+  x->resave = (taken & LA_TAKE_RESAVE) != 0;
+  return note_taken(L, c, x, taken);
 }
 
 /* After the requests: stores a new state (whatever the hook did: a rotated refresh token must
@@ -532,7 +532,7 @@ static int store_after(lua_State *L, la_client *c, run_ctx *x) {
   x->store_locked = 0;
   la_error_reset(&err);
   pthread_mutex_lock(&sh->lock);
-  save = x->resave || (x->f.attempts > 0 && (sh->e.gen != x->gen0 || x->f.rotated));
+  save = la_store_dirty(c, &x->f, x->resave, x->gen0);
   if (save && (rc = la_store_pack(c->store, &sh->e, &blobs, &err)) == 0)
     sh->refresh_shared = sh->e.refresh.p != NULL;
   pthread_mutex_unlock(&sh->lock);

@@ -41,6 +41,12 @@ LA_HIDDEN int la_run_end(la_client *c, la_flow *f, la_action a, int raised);
 LA_HIDDEN void la_step_build(lua_State *L, la_client *c, int grant);
 LA_HIDDEN la_action la_step_ingest(lua_State *L, la_client *c, int cidx, la_flow *f,
                                    la_response *r, const char *body, size_t n, int64_t sent_at);
+/* la_store_take: how the store was read; what came of it (bits). */
+enum { LA_TAKE_READ = 0, LA_TAKE_DOWN, LA_TAKE_BUSY };
+enum { LA_TAKE_LOADED = 1, LA_TAKE_RESAVE = 2, LA_TAKE_DROPPED = 4 };
+LA_HIDDEN int la_store_take(la_client *c, la_flow *f, la_action *a, const char *blob, size_t n,
+                            int how, unsigned long *gen);
+LA_HIDDEN int la_store_dirty(const la_client *c, const la_flow *f, int resave, unsigned long gen0);
 LA_HIDDEN int la_push_fresh(lua_State *L, la_client *c);
 LA_HIDDEN int la_take_snapshot(la_client *c);
 LA_HIDDEN int la_push_snapshot(lua_State *L, la_client *c, int cidx);

@@ -104,6 +104,20 @@ la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, in
   }
 }
 
+/* The flow decides again on the entry as it now is (a token store changed it), keeping the
+ * call's mode and deadline: past the deadline nothing more is sent. */
+la_action la_flow_restart(la_flow *f, const la_creds *c, la_entry *e, int64_t now, uint64_t seed) {
+  int64_t deadline = f->deadline;
+  la_action a = la_flow_start(f, c, e, f->mode, now, seed);
+  f->deadline = deadline;
+  if (now >= deadline && a.kind == LA_ACT_SEND) {
+    la_error_set(&f->err, LA_ERR_TIMEOUT, 1,
+                 "token store: the deadline passed while waiting for another process's refresh");
+    return act(LA_ACT_FAIL, 0);
+  }
+  return a;
+}
+
 /* Builds the form body and, for grants that use it, the HTTP Basic header. 0, or -1 (memory). */
 int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *body, la_buf *auth) {
   const char *scope = c->scope;

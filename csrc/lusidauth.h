@@ -186,6 +186,8 @@ LA_HIDDEN unsigned long la_shared_gen(la_shared *s);
 
 LA_HIDDEN la_action la_flow_start(la_flow *f, const la_creds *c, la_entry *e, int mode, int64_t now,
                                   uint64_t seed);
+LA_HIDDEN la_action la_flow_restart(la_flow *f, const la_creds *c, la_entry *e, int64_t now,
+                                    uint64_t seed);
 LA_HIDDEN la_action la_flow_waited(la_flow *f);
 LA_HIDDEN const char *la_log_level_name(int level);
 LA_HIDDEN int la_flow_request(const la_creds *c, const la_entry *e, int grant, la_buf *body,

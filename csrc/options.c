@@ -164,7 +164,7 @@ static int read_redis(lua_State *L, la_store_conf *sc, int opts) {
   sc->ca_file = dup_or_raise(L, opt_str_l(L, t, known[6], labels[6], NULL));
   sc->prefix = dup_or_raise(L, opt_str_l(L, t, known[7], labels[7], NULL));
   sc->timeout = opt_num_l(L, t, known[8], labels[8], 1.0, 0.001, 3600);
-  sc->refresh_ttl = opt_num_l(L, t, known[9], labels[9], 7 * 86400.0, 60, LA_MAX_EXPIRES_IN);
+  sc->refresh_ttl = opt_num_l(L, t, known[9], labels[9], 0, 60, LA_MAX_EXPIRES_IN); /* 0: store.c's */
   if (sc->prefix != NULL && strlen(sc->prefix) > 200)
     luaL_error(L, "lusidauth: option 'redis.prefix' must be at most 200 bytes");
   if (sc->username != NULL && sc->password.p == NULL)

@@ -17,10 +17,11 @@
  * With store = "external" (lusidauth.resty's stores: the caller moves the blobs and holds the
  * lock; store.c makes and checks them):
  *   core.store_key(c)        --> the identity's name in the store (hex; no secret in it)
- *   run:store_import(blob[, lock_busy]) --> the next action, after loading what another
- *                                process stored (the state blob, else the chain blob; nil: the
- *                                store had nothing, or could not be reached; lock_busy: another
- *                                holder kept the lock past the wait); before the first request
+ *   run:store_import(blob[, how]) --> the next action, after loading what another process
+ *                                stored (the state blob, else the chain blob; nil: nothing);
+ *                                how: "read" (the lock is ours), "down" (unreachable), "busy"
+ *                                (another holder kept the lock past the wait); before the
+ *                                first request. The rules are client.c's la_store_take.
  *   run:store_dirty()        --> true when the store should get our state (also after finish)
  *   core.store_export(c)     --> state, state_ttl, chain, chain_ttl | nil: the blobs to store
  *                                and their lifetimes in seconds (state nil: the access token
@@ -260,42 +261,15 @@ static la_store *check_store(lua_State *L, la_client *c) {
 }
 
 static int run_store_import(lua_State *L) {
+  static const char *const hows[] = {"read", "down", "busy", NULL};
   la_run *r = check_run(L);
-  la_client *c = r->c;
-  la_shared *sh = c->sh;
-  la_store *st = check_store(L, c);
   size_t n = 0;
   const char *blob = luaL_optlstring(L, 2, NULL, &n);
-  int lock_busy = lua_toboolean(L, 3);
-  int applied = 0, mode = r->f.mode;
-  int64_t deadline = r->f.deadline;
+  int how = luaL_checkoption(L, 3, "read", hows), taken;
+  (void)check_store(L, r->c);
   if (r->f.attempts > 0) return luaL_error(L, "lusidauth: store_import comes before the first request");
-  pthread_mutex_lock(&sh->lock);
-  if (lock_busy && c->creds.grant == LA_GRANT_REFRESH && sh->refresh_shared) {
-    /* as client.c: with only a shared refresh token and another holder, nothing is safe to send */
-    pthread_mutex_unlock(&sh->lock);
-    la_error_set(&r->f.err, LA_ERR_TIMEOUT, 1,
-                 "token store: another process held the refresh lock past the deadline");
-    r->a.kind = LA_ACT_FAIL;
-    return push_action(L, r);
-  }
-  r->resave = sh->store_dirty; /* a state of ours never reached the store: it gets ours */
-  if (blob != NULL && !r->resave)
-    applied = la_store_apply(st, blob, n, &sh->e, c->creds.refresh_skew);
-  if (applied == 1) {
-    sh->refresh_shared = sh->e.refresh.p != NULL;
-    la_shared_publish(sh);
-  } else if (!r->resave && mode == LA_MODE_TOKEN) {
-    /* as client.c's drop_shared_refresh: a refresh token others may hold is not rotated
-     * blindly; a password client logs in instead */
-    if (sh->refresh_shared && c->creds.grant == LA_GRANT_PASSWORD) la_secret_clear(&sh->e.refresh);
-    sh->refresh_shared = 0;
-  }
-  r->a = la_flow_start(&r->f, &c->creds, &sh->e, mode, la_now(),
-                       (uint64_t)la_now() ^ (uint64_t)(uintptr_t)r);
-  r->f.deadline = deadline;
-  r->gen0 = sh->e.gen;
-  pthread_mutex_unlock(&sh->lock);
+  taken = la_store_take(r->c, &r->f, &r->a, blob, n, how, &r->gen0);
+  r->resave = (taken & LA_TAKE_RESAVE) != 0;
   return push_action(L, r);
 }
 
@@ -306,7 +280,7 @@ static int run_store_dirty(lua_State *L) {
   int dirty;
   if (r->c->closed) return luaL_error(L, "lusidauth: attempt to use a closed client");
   pthread_mutex_lock(&r->c->sh->lock);
-  dirty = r->resave || (r->f.attempts > 0 && (r->c->sh->e.gen != r->gen0 || r->f.rotated));
+  dirty = la_store_dirty(r->c, &r->f, r->resave, r->gen0);
   pthread_mutex_unlock(&r->c->sh->lock);
   lua_pushboolean(L, dirty);
   return 1;

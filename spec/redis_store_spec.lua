@@ -33,6 +33,21 @@ local function redis_opts(extra)
   return o
 end
 
+-- The fake Okta saw exactly these password and refresh grants, and no refresh token reused.
+local function assert_counts(password, refresh)
+  local s = okta.stats()
+  assert.same({ password = password, refresh_token = refresh, client_credentials = 0, other = 0 }, s.grants)
+  assert.equal(0, s.reuse)
+end
+
+-- A loopback port nothing listens on.
+local function closed_port()
+  local s = require("socket").bind("127.0.0.1", 0)
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
 local function logger()
   local lines = {}
   return function(level, msg) lines[#lines + 1] = level .. ": " .. msg end, lines
@@ -141,9 +156,7 @@ describe("the Redis store", function()
     local t3 = assert(c2:token()) -- c2 refreshes with the token c1's refresh rotated
     assert.are_not.equal(t2, t3)
     assert.equal(t3, assert(c1:token()))
-    local s = okta.stats()
-    assert.same({ password = 1, refresh_token = 2, client_credentials = 0, other = 0 }, s.grants)
-    assert.equal(0, s.reuse)
+    assert_counts(1, 2)
   end)
 
   it("gives a client with a wrong password nothing from the store", function()
@@ -199,11 +212,9 @@ print((c:token()) and "ok" or "err")
   end)
 
   it("keeps tokens flowing when Redis cannot be reached, and says so through the log hook", function()
-    local s = require("socket").bind("127.0.0.1", 0)
-    local _, closed = s:getsockname()
-    s:close()
+    local closed = closed_port()
     local log, lines = logger()
-    local c = lusidauth.new_password(redis_opts { log = log, redis = { port = tonumber(closed) } })
+    local c = lusidauth.new_password(redis_opts { log = log, redis = { port = closed } })
     assert.is_true(okta.validate(assert(c:token())).valid)
     assert.equal("warn: token store: redis at 127.0.0.1:" .. closed .. ": cannot connect: Connection refused; "
       .. "this process refreshes on its own until it is back", lines[1])
@@ -242,9 +253,7 @@ print((c:token()) and "ok" or "err")
     local t3 = assert(c1:token()) -- back (empty): its own chain, refreshed and stored
     local later = lusidauth.new_password(redis_opts())
     assert.equal(t3, assert(later:token()))
-    local s = okta.stats()
-    assert.same({ password = 2, refresh_token = 1, client_credentials = 0, other = 0 }, s.grants)
-    assert.equal(0, s.reuse)
+    assert_counts(2, 1)
   end)
 
   it("serves a forced refresh() from the stored chain: no refresh token is used twice", function()
@@ -253,9 +262,7 @@ print((c:token()) and "ok" or "err")
     assert(c1:refresh())
     assert(c2:refresh()) -- with the token c1's refresh rotated, not its own old copy
     assert(c1:refresh()) -- and back
-    local s = okta.stats()
-    assert.same({ password = 1, refresh_token = 3, client_credentials = 0, other = 0 }, s.grants)
-    assert.equal(0, s.reuse)
+    assert_counts(1, 3)
   end)
 
   it("does not hand back a token that was invalidated (after a 401)", function()
@@ -284,9 +291,7 @@ print((c:token()) and "ok" or "err")
     assert.matches("^lusidauth:%x+:chain$", keys[1])
     local t = assert(rt_client():token()) -- a new process started from r0: it uses r1
     assert.is_true(okta.validate(t).valid)
-    local s = okta.stats()
-    assert.same({ password = 1, refresh_token = 2, client_credentials = 0, other = 0 }, s.grants)
-    assert.equal(0, s.reuse)
+    assert_counts(1, 2)
   end)
 
   it("stores a rotated refresh token even when on_refresh_token raises", function()
@@ -312,17 +317,13 @@ print((c:token()) and "ok" or "err")
     assert.is_true(okta.validate(assert(c1:token())).valid)
     assert.matches("another process held the refresh lock past the deadline; going on without it",
       table.concat(lines, "\n"))
-    local s = okta.stats()
-    assert.same({ password = 2, refresh_token = 0, client_credentials = 0, other = 0 }, s.grants)
-    assert.equal(0, s.reuse)
+    assert_counts(2, 0)
   end)
 
   it("survives a log hook that closes the client while the store is down", function()
-    local s = require("socket").bind("127.0.0.1", 0)
-    local _, closed = s:getsockname()
-    s:close()
+    local closed = closed_port()
     local c
-    c = lusidauth.new_password(redis_opts { redis = { port = tonumber(closed) },
+    c = lusidauth.new_password(redis_opts { redis = { port = closed },
       log = function(level) if level == "warn" then c:close() end end })
     local ok, err = pcall(c.token, c)
     assert.is_false(ok)

@@ -233,7 +233,7 @@ local function store_before(self, mode, run, deadline)
     if got == true then break end
     if got ~= false then -- nil, err; or not the interface's answer
       store_down(self, err or ("the store's lock() returned a " .. type(got)))
-      return false, true, run:store_import(nil)
+      return false, true, run:store_import(nil, "down")
     end
     if mode == "token" and self.core:expires_in() ~= nil then
       -- another process is refreshing: serve our valid token, look again in a second
@@ -244,7 +244,7 @@ local function store_before(self, mode, run, deadline)
     if ngx.now() + delay > wait_until then
       note(self, "warn", "token store: another process held the refresh lock past the deadline; "
         .. "going on without it")
-      return false, true, run:store_import(nil, true)
+      return false, true, run:store_import(nil, "busy")
     end
     ngx.sleep(delay)
     delay = math.min(delay * 2, 0.05)
